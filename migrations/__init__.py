@@ -1,0 +1,1 @@
+"""Alembic migrations of the mail2ticket schema (shipped as mail2ticket.migrations)."""

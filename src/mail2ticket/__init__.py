@@ -1,0 +1,1 @@
+"""mail2ticket: departmental mailboxes in, tracked tickets out."""

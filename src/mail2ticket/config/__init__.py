@@ -1,0 +1,7 @@
+"""Configuration: schema (`model`) and loading with admin-readable errors (`load`)."""
+
+from mail2ticket.config.load import ConfigError, config_path, load_config, reply_secret
+from mail2ticket.config.model import Config, MailboxConfig, QueueConfig, RuleConfig
+
+__all__ = ["Config", "ConfigError", "MailboxConfig", "QueueConfig", "RuleConfig", "config_path", "load_config",
+           "reply_secret"]

@@ -1,0 +1,255 @@
+"""Repositories: every SQL statement of mail2ticket. Functions may flush, never commit.
+
+Work claiming differs per backend: PostgreSQL uses `FOR UPDATE SKIP LOCKED` so several instances take
+different rows; SQLite has one writer at a time (BEGIN IMMEDIATE), so a plain SELECT inside the write
+transaction is already exclusive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from mail2ticket.db.models import (
+    Article,
+    Event,
+    InboundMessage,
+    InboundState,
+    OutboundMail,
+    OutboundState,
+    Participant,
+    Ticket,
+    TicketCounter,
+)
+
+
+def _skip_locked(session: Session, stmt: Select[Any]) -> Select[Any]:
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+# --- intake -----------------------------------------------------------------------------------------
+
+
+def find_inbound_duplicate(session: Session, source_key: str | None, scope: str, content_hash: str) -> int | None:
+    conditions = [(InboundMessage.dedupe_scope == scope) & (InboundMessage.content_hash == content_hash)]
+    if source_key is not None:
+        conditions.append(InboundMessage.source_key == source_key)
+    return session.scalar(select(InboundMessage.id).where(or_(*conditions)).limit(1))
+
+
+def claim_next_inbound(session: Session, now: dt.datetime, *, only: int | None = None) -> InboundMessage | None:
+    """The oldest message waiting for processing (or message `only`), locked for this transaction."""
+    stmt = (
+        select(InboundMessage)
+        .where(InboundMessage.state == InboundState.NEW)
+        .where(or_(InboundMessage.not_before.is_(None), InboundMessage.not_before <= now))
+        .order_by(InboundMessage.id)
+        .limit(1)
+        .options(selectinload(InboundMessage.raw))
+    )
+    if only is not None:
+        stmt = stmt.where(InboundMessage.id == only)
+    return session.scalar(_skip_locked(session, stmt))
+
+
+def inbound_backlog(session: Session) -> int:
+    return session.scalar(select(func.count()).where(InboundMessage.state == InboundState.NEW)) or 0
+
+
+def get_inbound(session: Session, inbound_id: int, *, with_raw: bool = False) -> InboundMessage | None:
+    stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
+    if with_raw:
+        stmt = stmt.options(selectinload(InboundMessage.raw))
+    return session.scalar(stmt)
+
+
+# --- tickets ----------------------------------------------------------------------------------------
+
+
+def next_ticket_seq(session: Session, year: int) -> int:
+    """Increment the per-year counter under its row lock; gaps are possible (rolled-back transactions)."""
+    for _ in range(3):
+        seq = session.scalar(
+            update(TicketCounter)
+            .where(TicketCounter.year == year)
+            .values(last_seq=TicketCounter.last_seq + 1)
+            .returning(TicketCounter.last_seq)
+        )
+        if seq is not None:
+            return int(seq)
+        try:
+            with session.begin_nested():
+                session.add(TicketCounter(year=year, last_seq=0))
+        except IntegrityError:
+            pass
+    raise RuntimeError(f"could not allocate a ticket number for {year}")
+
+
+def ticket_by_number(session: Session, number: str) -> Ticket | None:
+    return session.scalar(select(Ticket).where(Ticket.number == number))
+
+
+def ticket_by_id(session: Session, ticket_id: int) -> Ticket | None:
+    return session.get(Ticket, ticket_id)
+
+
+def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> Ticket | None:
+    """The ticket that has an article or an outbound mail with one of these Message-IDs (newest reference wins)."""
+    if not message_ids:
+        return None
+    ids = list(dict.fromkeys(message_ids))
+    found: dict[str, int] = {}
+    for mid, tid in session.execute(
+        select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(ids))
+    ):
+        found.setdefault(mid, tid)
+    for mid, tid in session.execute(
+        select(OutboundMail.message_id, OutboundMail.ticket_id).where(
+            OutboundMail.message_id.in_(ids), OutboundMail.ticket_id.is_not(None)
+        )
+    ):
+        found.setdefault(mid, tid)
+    for mid in reversed(ids):
+        if mid in found:
+            return session.get(Ticket, found[mid])
+    return None
+
+
+def article_with_message_id(session: Session, message_id: str) -> Article | None:
+    return session.scalar(select(Article).where(Article.message_id == message_id, Article.direction == "in").limit(1))
+
+
+def is_participant(session: Session, ticket_id: int, address: str) -> bool:
+    return (
+        session.scalar(
+            select(Participant.id).where(Participant.ticket_id == ticket_id, Participant.address == address).limit(1)
+        )
+        is not None
+    )
+
+
+def add_participant(session: Session, ticket_id: int, address: str, name: str | None, role: str) -> bool:
+    if is_participant(session, ticket_id, address):
+        return False
+    session.add(Participant(ticket_id=ticket_id, address=address, name=name, role=role))
+    return True
+
+
+def participants(session: Session, ticket_id: int) -> list[Participant]:
+    return list(session.scalars(select(Participant).where(Participant.ticket_id == ticket_id).order_by(Participant.id)))
+
+
+def add_event(
+    session: Session,
+    type_: str,
+    *,
+    ticket_id: int | None = None,
+    inbound_id: int | None = None,
+    actor: str | None = None,
+    **detail: Any,
+) -> None:
+    session.add(Event(ticket_id=ticket_id, inbound_id=inbound_id, type=type_, actor=actor, detail=detail))
+
+
+def list_tickets(
+    session: Session,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    since: dt.datetime | None = None,
+    requester: str | None = None,
+    limit: int | None = None,
+) -> list[tuple[Ticket, int]]:
+    counts = select(Article.ticket_id, func.count().label("n")).group_by(Article.ticket_id).subquery()
+    stmt = select(Ticket, func.coalesce(counts.c.n, 0)).outerjoin(counts, counts.c.ticket_id == Ticket.id)
+    if status:
+        stmt = stmt.where(Ticket.status == status)
+    if queue:
+        stmt = stmt.where(Ticket.queue == queue)
+    if since:
+        stmt = stmt.where(Ticket.created_at >= since)
+    if requester:
+        stmt = stmt.where(Ticket.requester == requester.lower())
+    stmt = stmt.order_by(Ticket.id)
+    if limit:
+        stmt = stmt.limit(limit)
+    return [(t, int(n)) for t, n in session.execute(stmt)]
+
+
+def articles(session: Session, ticket_id: int) -> list[Article]:
+    return list(session.scalars(select(Article).where(Article.ticket_id == ticket_id).order_by(Article.id)))
+
+
+def events(session: Session, ticket_id: int) -> list[Event]:
+    return list(session.scalars(select(Event).where(Event.ticket_id == ticket_id).order_by(Event.id)))
+
+
+# --- outbox -----------------------------------------------------------------------------------------
+
+
+def outbound_by_dedupe_key(session: Session, key: str) -> OutboundMail | None:
+    return session.scalar(select(OutboundMail).where(OutboundMail.dedupe_key == key))
+
+
+def automatic_mails_since(session: Session, *, recipient: str | None = None, ticket_id: int | None = None,
+                          since: dt.datetime) -> int:
+    stmt = select(func.count()).select_from(OutboundMail).where(
+        OutboundMail.automatic.is_(True), OutboundMail.created_at >= since
+    )
+    if recipient is not None:
+        stmt = stmt.where(OutboundMail.recipient == recipient)
+    if ticket_id is not None:
+        stmt = stmt.where(OutboundMail.ticket_id == ticket_id)
+    return session.scalar(stmt) or 0
+
+
+def claim_due_outbound(session: Session, owner: str, now: dt.datetime, lease: dt.timedelta,
+                       limit: int = 10) -> list[OutboundMail]:
+    """Queued mails that are due, and mails whose sender died mid-send (lease expired), leased to `owner`."""
+    stmt = (
+        select(OutboundMail)
+        .where(
+            or_(
+                (OutboundMail.state == OutboundState.QUEUED) & (OutboundMail.next_attempt_at <= now),
+                (OutboundMail.state == OutboundState.SENDING) & (OutboundMail.claim_expires_at < now),
+            )
+        )
+        .order_by(OutboundMail.next_attempt_at, OutboundMail.id)
+        .limit(limit)
+    )
+    rows = list(session.scalars(_skip_locked(session, stmt)))
+    for row in rows:
+        row.state = OutboundState.SENDING
+        row.claimed_by = owner
+        row.claim_expires_at = now + lease
+        row.attempts += 1
+    session.flush()
+    return rows
+
+
+def next_outbound_due(session: Session) -> dt.datetime | None:
+    return session.scalar(
+        select(func.min(OutboundMail.next_attempt_at)).where(OutboundMail.state == OutboundState.QUEUED)
+    )
+
+
+def outbound_backlog(session: Session) -> int:
+    return session.scalar(
+        select(func.count()).where(OutboundMail.state.in_((OutboundState.QUEUED, OutboundState.SENDING)))
+    ) or 0
+
+
+def outbound_by_message_id(session: Session, message_id: str) -> OutboundMail | None:
+    return session.scalar(select(OutboundMail).where(OutboundMail.message_id == message_id))
+
+
+def get_outbound(session: Session, outbound_id: int) -> OutboundMail | None:
+    return session.get(OutboundMail, outbound_id)
+

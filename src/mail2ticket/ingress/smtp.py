@@ -1,0 +1,159 @@
+"""SMTP/LMTP ingress (aiosmtpd): the relay hands us mail, we answer 250 only after the intake commit.
+
+| stage | check                                   | reply on failure                          |
+|-------|-----------------------------------------|-------------------------------------------|
+| MAIL  | declared SIZE over the limit            | 552 5.3.4                                 |
+| MAIL  | shutting down                           | 421 4.3.2 (relay retries later)           |
+| RCPT  | address is no queue (or plus-tag of one)| 550 5.1.1                                 |
+| DATA  | more bytes than the limit               | 552 (aiosmtpd)                            |
+| DATA  | intake commit failed (DB locked/down)   | 451 4.3.0, never 5xx                      |
+| any   | unexpected exception                    | 451 4.3.0 without internals (logged only) |
+
+Blocking work (the database) runs in a thread pool, never on the event loop. In LMTP mode the reply to
+DATA has one line per accepted recipient, as RFC 2033 requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import structlog
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
+
+from mail2ticket.config.model import Config, SmtpInConfig
+from mail2ticket.failpoints import failpoint
+from mail2ticket.intake import Envelope, Stored
+
+log = structlog.get_logger("mail2ticket.smtp")
+
+StoreFn = Callable[[bytes, Envelope], Stored]
+
+OK = "250 2.0.0 OK: queued as {id}"
+TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+UNKNOWN_RECIPIENT = "550 5.1.1 No such mailbox here"
+TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+
+
+def recipient_accepted(address: str, own_addresses: frozenset[str], domain: str) -> bool:
+    """A queue address, a plus-tagged form of one (reply tokens), or our VERP bounce address."""
+    lowered = address.lower()
+    if lowered in own_addresses:
+        return True
+    local, _, dom = lowered.rpartition("@")
+    if "+" in local and f"{local.split('+', 1)[0]}@{dom}" in own_addresses:
+        return True
+    return dom == domain and local.startswith("bounces+")
+
+
+class IntakeHandler:
+    """aiosmtpd handler: one hook per SMTP verb, each returning the reply string."""
+
+    def __init__(self, config: Callable[[], Config], store: StoreFn, executor: Executor, protocol: str) -> None:
+        self._config = config
+        self._store = store
+        self._executor = executor
+        self._protocol = protocol
+        self.accepting = True
+        self.in_flight = 0
+
+    async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        if not self.accepting:
+            return SHUTTING_DOWN
+        for option in mail_options:
+            key, _, value = option.partition("=")
+            if key.upper() == "SIZE" and value.isdigit() and int(value) > self._config().smtp_in.max_message_size:
+                return TOO_BIG
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        config = self._config()
+        if not recipient_accepted(address, config.own_addresses, config.daemon.domain):
+            log.info("smtp_recipient_rejected", recipient=address[:200], peer=str(session.peer))
+            return UNKNOWN_RECIPIENT
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
+        raw = envelope.original_content
+        if not isinstance(raw, bytes):
+            return TEMPFAIL
+        intake = Envelope(
+            source=self._protocol,
+            mail_from=envelope.mail_from or "",
+            rcpt_to=tuple(envelope.rcpt_tos),
+            peer=str(session.peer[0]) if isinstance(session.peer, tuple) else None,
+        )
+        self.in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            stored = await loop.run_in_executor(self._executor, self._store, raw, intake)
+        except Exception:  # noqa: BLE001 - any failure to commit is transient for the relay
+            log.exception("smtp_intake_failed", size=len(raw))
+            return self._reply(TEMPFAIL, envelope)
+        finally:
+            self.in_flight -= 1
+        failpoint("smtp.after_commit_before_reply")
+        log.info("smtp_received", inbound_id=stored.inbound_id, duplicate=stored.duplicate, size=len(raw),
+                 recipients=len(envelope.rcpt_tos))
+        return self._reply(OK.format(id=stored.inbound_id), envelope)
+
+    def _reply(self, line: str, envelope: SmtpEnvelope) -> str:
+        if self._protocol == "lmtp":
+            return "\r\n".join([line] * max(1, len(envelope.rcpt_tos)))
+        return line
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp_session_error", error_type=type(error).__name__)
+        return TEMPFAIL
+
+
+class _ShutdownAwareSMTP(SMTP):
+    handler_ref: IntakeHandler
+
+    def connection_made(self, transport: Any) -> None:
+        if not self.handler_ref.accepting:
+            # Greet with 421 and close: the relay keeps the mail and tries again later.
+            with contextlib.suppress(Exception):
+                transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+            transport.close()
+            return
+        super().connection_made(transport)
+
+
+class _ShutdownAwareLMTP(LMTP, _ShutdownAwareSMTP):
+    pass
+
+
+def make_protocol_factory(handler: IntakeHandler, cfg: SmtpInConfig) -> Callable[[], SMTP]:
+    cls = _ShutdownAwareLMTP if cfg.protocol == "lmtp" else _ShutdownAwareSMTP
+
+    def factory() -> SMTP:
+        proto = cls(
+            handler,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=cfg.hostname,
+            ident="mail2ticket",
+            timeout=cfg.timeout,
+        )
+        proto.handler_ref = handler
+        return proto
+
+    return factory
+
+
+async def start_server(handler: IntakeHandler, cfg: SmtpInConfig) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(make_protocol_factory(handler, cfg), host=cfg.host, port=cfg.port,
+                                    reuse_address=True)

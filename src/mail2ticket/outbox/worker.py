@@ -1,0 +1,105 @@
+"""Outbox worker: claims due mails, delivers them outside any transaction, records the result.
+
+| delivery result            | row becomes                                   |
+|----------------------------|-----------------------------------------------|
+| accepted                   | sent                                          |
+| transient error            | queued again, next attempt after backoff      |
+| transient past give-up     | failed (event on the ticket)                  |
+| permanent error            | failed (event on the ticket)                  |
+| instance dies mid-send     | stays `sending` until the lease expires, then |
+|                            | another worker resends with the same bytes    |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from mail2ticket.config.model import SmtpOutConfig
+from mail2ticket.db import repo
+from mail2ticket.db.engine import unit_of_work
+from mail2ticket.db.models import OutboundState
+from mail2ticket.failpoints import failpoint
+from mail2ticket.outbox.deliver import Deliverer, PermanentDeliveryError, TransientDeliveryError
+
+log = structlog.get_logger("mail2ticket.outbox")
+
+
+def backoff(attempt: int, initial: float, maximum: float, rng: random.Random) -> dt.timedelta:
+    """Exponential backoff with ±20 % jitter, so many failed mails do not retry in lockstep."""
+    base = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    return dt.timedelta(seconds=base * rng.uniform(0.8, 1.2))
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        deliverer: Deliverer,
+        config: SmtpOutConfig,
+        owner: str,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.factory = factory
+        self.deliverer = deliverer
+        self.config = config
+        self.owner = owner
+        self.clock = clock
+        self.lease = dt.timedelta(seconds=config.timeout * 3 + 60)
+        self._rng = random.Random()
+
+    def run_once(self, limit: int = 10) -> int:
+        with unit_of_work(self.factory) as session:
+            claimed = [
+                (row.id, row.envelope_from, row.recipient, row.raw, row.message_id)
+                for row in repo.claim_due_outbound(session, self.owner, self.clock(), self.lease, limit)
+            ]
+        for outbound_id, envelope_from, recipient, raw, message_id in claimed:
+            self._send(outbound_id, envelope_from, recipient, raw, message_id)
+        return len(claimed)
+
+    def next_due(self) -> dt.datetime | None:
+        with unit_of_work(self.factory) as session:
+            return repo.next_outbound_due(session)
+
+    def _send(self, outbound_id: int, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
+        bound = log.bind(outbound_id=outbound_id, message_id=message_id)
+        error: Exception | None = None
+        try:
+            self.deliverer.deliver(envelope_from, recipient, raw, message_id)
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            error = exc
+        failpoint("outbox.after_send_before_commit")
+        with unit_of_work(self.factory) as session:
+            row = repo.get_outbound(session, outbound_id)
+            if row is None or row.claimed_by != self.owner or row.state != OutboundState.SENDING:
+                return
+            now = self.clock()
+            row.claimed_by = None
+            row.claim_expires_at = None
+            if error is None:
+                row.state = OutboundState.SENT
+                row.sent_at = now
+                row.last_error = None
+                repo.add_event(session, "mail_sent", ticket_id=row.ticket_id, template=row.template,
+                               recipient=row.recipient, message_id=row.message_id)
+                bound.info("outbound_sent", template=row.template, attempts=row.attempts)
+                return
+            row.last_error = str(error)[:1000]
+            give_up = row.created_at + dt.timedelta(hours=self.config.give_up_after_hours)
+            if isinstance(error, PermanentDeliveryError) or now >= give_up:
+                row.state = OutboundState.FAILED
+                repo.add_event(session, "mail_failed", ticket_id=row.ticket_id, template=row.template,
+                               recipient=row.recipient, error=row.last_error)
+                bound.warning("outbound_failed", error=row.last_error, attempts=row.attempts)
+            else:
+                row.state = OutboundState.QUEUED
+                row.next_attempt_at = now + backoff(
+                    row.attempts, self.config.retry_initial_seconds, self.config.retry_max_seconds, self._rng
+                )
+                bound.info("outbound_deferred", error=row.last_error, attempts=row.attempts,
+                           next_attempt_at=row.next_attempt_at.isoformat())

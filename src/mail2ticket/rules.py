@@ -1,0 +1,168 @@
+"""Route stage: the admin's TOML rules, compiled once, applied to a parsed mail.
+
+Rules are tried in order and the first match wins, unless it says `continue = true`: then its settings
+apply and later rules may add to them (tags accumulate, other fields are overwritten). A mail that no rule
+matches goes to the queue of the address it arrived at. Text is matched after NFKC normalisation with
+zero-width and bidi characters removed, so look-alike tricks do not dodge a rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mail2ticket.config.model import Config, Pattern, RuleConfig
+from mail2ticket.parse import ParsedMail
+
+BODY_MATCH_LIMIT = 65_536
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
+
+
+def normalize(text: str) -> str:
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+
+
+@dataclass(frozen=True, slots=True)
+class MailFacts:
+    """What rules can see of one mail, computed once per message."""
+
+    parsed: ParsedMail
+    classification: str
+    arrival_queues: tuple[str, ...]
+    _cache: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def subject(self) -> str:
+        if "subject" not in self._cache:
+            self._cache["subject"] = normalize(self.parsed.subject)
+        return self._cache["subject"]
+
+    def body(self) -> str:
+        if "body" not in self._cache:
+            self._cache["body"] = normalize(self.parsed.text[:BODY_MATCH_LIMIT])
+        return self._cache["body"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    rule: str | None
+    action: str
+    reason: str | None
+    queue: str
+    priority: str
+    category: str | None
+    tags: tuple[str, ...]
+    reply: str | None
+    requester: str
+    matched: tuple[str, ...] = ()
+
+
+Check = Callable[[MailFacts], bool]
+
+
+def _compile_pattern(pattern: Pattern) -> re.Pattern[str]:
+    if pattern.glob is not None:
+        return re.compile(fnmatch.translate(pattern.glob), re.IGNORECASE)
+    assert pattern.regex is not None
+    return re.compile(pattern.regex, re.IGNORECASE)
+
+
+def _any(regex: re.Pattern[str], values: Sequence[str | None]) -> bool:
+    return any(v is not None and regex.search(v) for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    config: RuleConfig
+    checks: tuple[Check, ...]
+
+    def matches(self, facts: MailFacts) -> bool:
+        return all(check(facts) for check in self.checks)
+
+
+def compile_rule(rule: RuleConfig) -> CompiledRule:
+    m = rule.match
+    checks: list[Check] = []
+    if m.classification:
+        kinds = frozenset(m.classification)
+        checks.append(lambda f: f.classification in kinds)
+    if m.queue:
+        queues = frozenset(m.queue)
+        checks.append(lambda f: any(q in queues for q in f.arrival_queues))
+    if m.has_attachment is not None:
+        want = m.has_attachment
+        checks.append(lambda f: bool(f.parsed.attachments) == want)
+    if m.from_ is not None:
+        rx_from = _compile_pattern(m.from_)
+        checks.append(lambda f: _any(rx_from, [f.parsed.from_addr]))
+    if m.to is not None:
+        rx_to = _compile_pattern(m.to)
+        checks.append(lambda f: _any(rx_to, f.parsed.to))
+    if m.cc is not None:
+        rx_cc = _compile_pattern(m.cc)
+        checks.append(lambda f: _any(rx_cc, f.parsed.cc))
+    for name, pattern in m.headers.items():
+        rx_h = _compile_pattern(pattern)
+        key = name.lower()
+        checks.append(lambda f, rx=rx_h, k=key: _any(rx, [normalize(v) for v in f.parsed.header(k)]))
+    # Costly text checks last, so cheap ones short-circuit them.
+    if m.subject is not None:
+        rx_subject = _compile_pattern(m.subject)
+        checks.append(lambda f: bool(rx_subject.search(f.subject())))
+    if m.body is not None:
+        rx_body = _compile_pattern(m.body)
+        checks.append(lambda f: bool(rx_body.search(f.body())))
+    return CompiledRule(rule, tuple(checks))
+
+
+class Router:
+    """The compiled rule set of one configuration; immutable, so a reload swaps the whole object."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.rules = tuple(compile_rule(r) for r in config.rule)
+        self._default_queue = config.queue[0].name
+
+    def route(self, facts: MailFacts) -> Decision:
+        queue_name = facts.arrival_queues[0] if facts.arrival_queues else self._default_queue
+        action, reason, rule_name = "ticket", None, None
+        priority, category, tags = "normal", None, list[str]()
+        reply: str | bool | None = None
+        requester = "from"
+        matched: list[str] = []
+        queue_override: str | None = None
+        for compiled in self.rules:
+            if not compiled.matches(facts):
+                continue
+            rule = compiled.config
+            matched.append(rule.name)
+            rule_name = rule.name
+            action = rule.action
+            reason = rule.reason or reason
+            queue_override = rule.queue or queue_override
+            priority = rule.priority or priority
+            category = rule.category or category
+            tags.extend(t for t in rule.tags if t not in tags)
+            reply = rule.reply if rule.reply is not None else reply
+            requester = rule.requester or requester
+            if not rule.continue_:
+                break
+        queue = self._config.queue_by_name(queue_override or queue_name)
+        if reply is None:
+            template = queue.ack_template if queue.acknowledge else None
+        else:
+            template = reply or None
+        return Decision(
+            rule=rule_name,
+            action=action,
+            reason=reason,
+            queue=queue.name,
+            priority=priority,
+            category=category,
+            tags=tuple(tags),
+            reply=template if isinstance(template, str) else None,
+            requester=requester,
+            matched=tuple(matched),
+        )
