@@ -13,14 +13,28 @@ from collections.abc import Sequence
 import structlog
 
 from mail2ticket import log as logsetup
-from mail2ticket.cli import check_cmd, db_cmd, ingest_cmd, rules_cmd, run_cmd, tickets_cmd
+from mail2ticket.cli import (
+    check_cmd,
+    db_cmd,
+    import_cmd,
+    ingest_cmd,
+    outbox_cmd,
+    person_cmd,
+    purge_cmd,
+    quarantine_cmd,
+    rules_cmd,
+    run_cmd,
+    stats_cmd,
+    tickets_cmd,
+)
 from mail2ticket.cli.common import EX_SOFTWARE, EX_TEMPFAIL, EXIT_CONFIG_ERROR, CliError
 from mail2ticket.config import ConfigError
 from mail2ticket.config.load import config_path, load_config
 from mail2ticket.db.engine import DurabilityError
 from mail2ticket.db.schema import SchemaOutdated
 
-COMMAND_MODULES = [run_cmd, check_cmd, db_cmd, ingest_cmd, rules_cmd, tickets_cmd]
+COMMAND_MODULES = [run_cmd, check_cmd, db_cmd, ingest_cmd, import_cmd, rules_cmd, tickets_cmd, quarantine_cmd,
+                   outbox_cmd, stats_cmd, purge_cmd, person_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

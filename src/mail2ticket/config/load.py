@@ -183,10 +183,9 @@ def _model_of(annotation: Any) -> Any:
 
 
 def _expand(base: Path, value: str) -> Path:
-    expanded = os.path.expandvars(value)
-    if "$" in expanded:
-        raise ConfigError(f"path {value!r} refers to an environment variable that is not set")
-    path = Path(expanded).expanduser()
+    # An unset variable (e.g. $CREDENTIALS_DIRECTORY outside systemd) stays as written; reading the file
+    # later fails with a message naming the key, and commands that never need the secret still work.
+    path = Path(os.path.expandvars(value)).expanduser()
     return path if path.is_absolute() else (base / path)
 
 
