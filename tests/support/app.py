@@ -6,6 +6,8 @@ daemon runs as `python -m mail2ticket run` and is talked to over SMTP on loopbac
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -106,7 +108,14 @@ class App:
         return cli_main(["--config", str(self.config_path), *args])
 
     def json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json").stdout)
+        """A --json listing, run in-process (much cheaper than a subprocess when polling)."""
+        self.write_config()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli_main(["--config", str(self.config_path), *args, "--json"])
+        if code != 0:
+            raise AssertionError(f"mail2ticket {' '.join(args)} --json exited {code}")
+        return json.loads(out.getvalue())
 
     def tickets(self) -> list[dict[str, Any]]:
         return list(self.json("tickets", "list"))
@@ -121,11 +130,11 @@ class App:
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
         self.write_config()
-        log = (self.root / "daemon.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mail2ticket", "--config", str(self.config_path), "run"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
-        )
+        with (self.root / "daemon.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mail2ticket", "--config", str(self.config_path), "run"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
+            )
         daemon = Daemon(self, proc, self.root / "daemon.log")
         if wait:
             daemon.wait_listening()

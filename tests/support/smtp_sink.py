@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,10 +43,14 @@ class _Handler:
 
 
 class SmtpSink:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = int(probe.getsockname()[1])
         self._handler = _Handler()
         self._controller = Controller(self._handler, hostname=host, port=port, ready_timeout=5,
-                                      server_kwargs={"hostname": "sink.localhost"})
+                                      server_hostname="sink.localhost")
 
     def start(self) -> SmtpSink:
         self._controller.start()
