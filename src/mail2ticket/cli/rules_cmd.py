@@ -51,7 +51,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                 arrival.append(by_address[candidate])
     decision = runtime.router.route(MailFacts(parsed, classification.kind, tuple(arrival)))
     with unit_of_work(services.factory) as session:
-        thread = find_thread(session, parsed, runtime.tag_pattern)
+        thread = find_thread(session, parsed, runtime.tag_pattern, config=config, secret=runtime.secret,
+                             envelope_to=args.to)
         followup = thread.ticket.number if thread.ticket is not None else None
         session.rollback()
     result = {
