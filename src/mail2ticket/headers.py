@@ -98,7 +98,7 @@ def clean_text(value: str | None, *, max_len: int = 200, ellipsis: str = "…") 
     if len(tail) >= max_len:
         tail = ""
     cut = max_len - len(tail)
-    while 0 < cut < len(text) and unicodedata.combining(text[cut]):
+    while 0 < cut < len(text) and unicodedata.category(text[cut]).startswith("M"):
         cut -= 1
     return text[:cut].rstrip() + tail
 
@@ -131,6 +131,11 @@ def _domain_to_ascii(domain: str) -> str | None:
         return None
     if domain.isascii():
         ascii_domain = domain.lower()
+        if "xn--" in ascii_domain:  # an A-label must be valid Punycode of a valid U-label
+            try:
+                idna.decode(ascii_domain)
+            except (idna.IDNAError, UnicodeError, ValueError):
+                return None
     else:
         try:
             ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
@@ -248,7 +253,8 @@ def parse_address_list(value: str | None, *, limit: int = 1000) -> list[tuple[st
 
 
 def envelope_address(value: str) -> str:
-    """Validate an SMTP envelope address before it reaches smtplib and return it with the domain in A-label form.
+    """Validate an SMTP envelope address before it reaches smtplib; return it with the domain lower-cased and in
+    A-label form (the local part is returned unchanged).
 
     Raises UnsafeValue on CR, LF, NUL or any control/whitespace character, '<', '>', a quoted or non-ASCII local
     part (we do not speak SMTPUTF8), length > 254, or not exactly one '@'.  The empty string is allowed: it is the
@@ -345,10 +351,22 @@ def set_header(msg: EmailMessage, name: str, value: str) -> None:
     msg[name] = header
 
 
+def set_address(msg: EmailMessage, name: str, display_name: str | None, addr: str) -> None:
+    """Set a one-mailbox header (From, To, Reply-To) on generated mail. A display name that cannot be
+    written safely (set_header refuses its folded form) is dropped rather than failing the whole mail:
+    the address is what matters, the name is decoration. Raises UnsafeValue only for a bad address."""
+    try:
+        set_header(msg, name, format_address(display_name, addr))
+    except UnsafeValue:
+        if not display_name:
+            raise
+        set_header(msg, name, format_address(None, addr))
+
+
 def _make_header(policy: EmailPolicy, name: str, value: str) -> BaseHeader:
     try:
         header: BaseHeader = policy.header_factory(name, value)
-    except Exception as exc:  # noqa: BLE001 - headerregistry raises ValueError/IndexError/... on bad input
+    except Exception as exc:  # headerregistry raises ValueError, IndexError, ... on hostile input
         raise UnsafeValue(f"{name}: value rejected by the email package") from exc
     return header
 
@@ -373,13 +391,13 @@ def _check_wire_form(name: str, header: BaseHeader) -> None:
     """Fold the header with policy.SMTP, check the lines, parse it back the way a recipient would, and compare."""
     try:
         folded = _SMTP.fold(name, header)
-    except Exception as exc:  # noqa: BLE001 - any folding failure means we cannot vouch for the wire form
+    except Exception as exc:  # any folding failure means we cannot vouch for the wire form
         raise UnsafeValue(f"{name}: value cannot be folded safely") from exc
     _check_folded(name, folded)
     raw_value = folded.partition(":")[2].lstrip(" \t").rstrip("\r\n")
     try:
         reparsed = _DEFAULT.header_fetch_parse(name, raw_value)
-    except Exception as exc:  # noqa: BLE001 - see _make_header
+    except Exception as exc:  # see _make_header
         raise UnsafeValue(f"{name}: folded value does not parse back") from exc
     if not isinstance(reparsed, BaseHeader) or _meaning(reparsed) != _meaning(header):
         raise UnsafeValue(f"{name}: folded value does not mean the same as the value set")
@@ -390,7 +408,9 @@ def message_id(domain: str, unique: str) -> str:
     characters; domain: a host name, written in A-label form)."""
     if not isinstance(unique, str) or len(unique) > 128 or not _MSGID_UNIQUE_RE.fullmatch(unique):
         raise UnsafeValue("invalid Message-ID unique part")
-    ascii_domain = _domain_to_ascii(domain) if isinstance(domain, str) and not _has_unsafe_char(domain) else None
+    ascii_domain = (
+        _domain_to_ascii(domain) if isinstance(domain, str) and not _has_unsafe_char(domain) else None
+    )
     if ascii_domain is None:
         raise UnsafeValue("invalid Message-ID domain")
     return f"<{unique}@{ascii_domain}>"
@@ -402,7 +422,7 @@ def strip_control_headers(msg: EmailMessage, prefix: str = "X-Mail2Ticket-") -> 
     if not prefix.strip():
         raise ValueError("prefix must not be empty")
     wanted = prefix.strip().lower()
-    removed = [key for key in msg.keys() if key.strip().lower().startswith(wanted)]
+    removed = [key for key in msg if key.strip().lower().startswith(wanted)]
     for key in dict.fromkeys(key.lower() for key in removed):
         del msg[key]
     return removed
@@ -428,6 +448,6 @@ def serialize_checked(msg: EmailMessage) -> bytes:
         if not colon or not _FTEXT_RE.fullmatch(field.decode("latin-1")):
             raise UnsafeValue("serialised message has a malformed header line")
         names.append(field.decode("ascii"))
-    if [n.lower() for n in names] != [k.lower() for k in msg.keys()]:
+    if [n.lower() for n in names] != [k.lower() for k in msg]:
         raise UnsafeValue("serialised header names differ from the message's headers")
     return data

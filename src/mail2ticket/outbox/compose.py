@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import format_datetime
 
-from mail2ticket.headers import format_address, message_id, serialize_checked, set_header
+from mail2ticket.headers import UnsafeValue, message_id, serialize_checked, set_address, set_header
 from mail2ticket.outbox.render import Rendered
 
 LOOP_HEADER = "X-Mail2Ticket-Loop"
@@ -30,6 +30,7 @@ class Addressing:
     reply_to: str | None = None
     in_reply_to: str | None = None
     references: Sequence[str] = ()
+    thread_index: str | None = None
 
 
 def new_message_id(domain: str, kind: str) -> str:
@@ -46,13 +47,20 @@ def compose(
     language: str,
     automatic: bool,
     now: dt.datetime,
+    auto_submitted: str | None = "auto-replied",
 ) -> bytes:
+    """The wire bytes. `automatic` marks machine mail (RFC 3834 headers); `auto_submitted` is its kind:
+    "auto-replied" for answers to a citizen's mail, "auto-generated" for notifications."""
     msg = EmailMessage(policy=default_policy)
-    set_header(msg, "From", format_address(addressing.from_name, addressing.from_addr))
-    set_header(msg, "To", format_address(addressing.to_name, addressing.to_addr))
+    set_address(msg, "From", addressing.from_name, addressing.from_addr)
+    set_address(msg, "To", addressing.to_name, addressing.to_addr)
     if addressing.reply_to:
-        set_header(msg, "Reply-To", format_address(addressing.from_name, addressing.reply_to))
-    set_header(msg, "Subject", rendered.subject)
+        set_address(msg, "Reply-To", addressing.from_name, addressing.reply_to)
+    try:
+        set_header(msg, "Subject", rendered.subject)
+    except UnsafeValue:
+        # A citizen's subject that cannot be folded safely must not stop the mail: send it in plain ASCII.
+        set_header(msg, "Subject", " ".join(rendered.subject.encode("ascii", "replace").decode().split())[:200])
     set_header(msg, "Date", format_datetime(now))
     set_header(msg, "Message-ID", msg_id)
     if addressing.in_reply_to:
@@ -60,13 +68,16 @@ def compose(
     refs = list(dict.fromkeys([*addressing.references, *( [addressing.in_reply_to] if addressing.in_reply_to else [])]))
     if refs:
         set_header(msg, "References", " ".join(refs[-20:]))
-    set_header(msg, "Content-Language", language)
+    if addressing.thread_index:
+        set_header(msg, "Thread-Index", addressing.thread_index)
     if automatic:
-        set_header(msg, "Auto-Submitted", "auto-replied")
+        set_header(msg, "Auto-Submitted", auto_submitted or "auto-replied")
         set_header(msg, "X-Auto-Response-Suppress", "All")
         set_header(msg, "Precedence", "bulk")
     set_header(msg, LOOP_HEADER, domain)
     msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     if rendered.html is not None:
         msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    # After the body: set_content() drops every Content-* header set before it.
+    set_header(msg, "Content-Language", language)
     return serialize_checked(msg)
