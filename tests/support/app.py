@@ -84,8 +84,15 @@ class App:
             lines.append(f"[{name}]")
             lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
             lines.append("")
-        self.config_path.write_text("\n".join(lines) + self.queues_toml + "\n" + self.extra_toml, encoding="utf-8")
-        return self.config_path
+        text = "\n".join(lines) + self.queues_toml + "\n" + self.extra_toml
+        path = self.config_path
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return path
+        # Atomic: a daemon starting or reloading never reads a half-written file.
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
 
     # --- CLI --------------------------------------------------------------------------------------
 
@@ -130,12 +137,14 @@ class App:
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
         self.write_config()
+        log_path = self.root / "daemon.log"
+        ready_before = log_path.read_text(errors="replace").count("daemon_ready") if log_path.exists() else 0
         with (self.root / "daemon.log").open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mail2ticket", "--config", str(self.config_path), "run"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
             )
-        daemon = Daemon(self, proc, self.root / "daemon.log")
+        daemon = Daemon(self, proc, self.root / "daemon.log", ready_before=ready_before)
         if wait:
             daemon.wait_listening()
         return daemon
@@ -146,13 +155,14 @@ class Daemon:
     app: App
     proc: subprocess.Popen[bytes]
     log_path: Path
+    ready_before: int = 0  # daemon_ready lines of earlier runs in the same log
 
     def wait_listening(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            if "daemon_ready" in self.log():
+            if self.log().count("daemon_ready") > self.ready_before:
                 return
             time.sleep(0.05)
         raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
