@@ -1,35 +1,62 @@
-"""The daemon: one asyncio loop runs the SMTP listener and supervises the worker stages.
+"""The daemon: one asyncio loop runs the SMTP listener and the HTTP endpoint, and supervises the stages.
 
 Blocking work never runs on the loop: intake commits use a bounded thread pool, processing and the outbox
-each have one thread of their own. Stages are woken by events (a stored message wakes processing, a
-queued mail wakes the outbox) and also poll slowly, so nothing waits on a lost wake-up.
+each have one thread of their own, and the status counts come from a separate one-thread pool. Stages are
+woken by events (a stored message wakes processing, a processed one wakes the outbox) and also poll slowly,
+so nothing waits on a lost wake-up.
 
-Lifecycle: READY=1 is sent once the schema is current and the listener is bound. SIGTERM stops accepting
-(new sessions get 421), lets in-flight DATA finish, lets each worker finish its current item, then exits 0.
-SIGHUP rebuilds the runtime (rules, templates, queues) from the config file and swaps it atomically; an
-invalid file is refused with a logged error and the old runtime stays live.
+Supervision and health:
+
+| situation                                   | effect                                                          |
+|---------------------------------------------|-----------------------------------------------------------------|
+| a step raises                               | logged, retried after backoff (0.5 s doubling, capped)          |
+| `stage_max_failures` failures in a row      | stage unhealthy: WATCHDOG pings stop, /healthz 503 (keeps retrying) |
+| a step runs longer than its stall limit     | stage unhealthy (stuck I/O, lock, endless loop)                 |
+| a stage task dies (extra stages, e.g. IMAP) | restarted with the same backoff; counts as a failure             |
+| every stage alive                           | WATCHDOG=1 every WatchdogSec/2, /healthz 200                    |
+
+Lifecycle: READY=1 is sent once the schema is current and the listeners are bound. SIGTERM sends
+STOPPING=1, stops accepting (new SMTP sessions get 421, the listening socket closes), lets in-flight DATA
+finish, lets each stage finish its current item, then exits 0. SIGHUP rebuilds the runtime (rules,
+templates, queues) from the config file in a worker thread and swaps it atomically; an invalid file is
+refused with a logged error and the old runtime stays live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from mail2ticket.config import ConfigError, load_config
-from mail2ticket.db import repo
+from mail2ticket.config.operations import OperationsConfig
 from mail2ticket.db.engine import check_durability, unit_of_work
 from mail2ticket.db.schema import ensure_schema
+from mail2ticket.failpoints import failpoint
+from mail2ticket.http import Response, start_http
 from mail2ticket.ingress.smtp import IntakeHandler, start_server
 from mail2ticket.intake import Envelope, Stored, store
+from mail2ticket.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    Snapshot,
+    channel,
+    count_delivered,
+    count_processed,
+    delivered_info,
+    processed_info,
+    take_snapshot,
+)
 from mail2ticket.outbox.deliver import Deliverer
 from mail2ticket.outbox.worker import OutboxWorker
 from mail2ticket.pipeline.process import Processor
@@ -39,6 +66,7 @@ from mail2ticket.sdnotify import Notifier
 log = structlog.get_logger("mail2ticket.daemon")
 
 IDLE_POLL_SECONDS = 5.0
+BACKOFF_INITIAL_SECONDS = 0.5
 
 
 class RuntimeRef:
@@ -55,7 +83,7 @@ class RuntimeRef:
 
 
 class Stage(Protocol):
-    """A supervised worker: `run` returns when `stop` is set; `heartbeat` is when it last made progress."""
+    """A supervised worker: `run` returns when `stop` is set; `alive` says whether it still makes progress."""
 
     name: str
 
@@ -64,8 +92,17 @@ class Stage(Protocol):
     def alive(self, now: float) -> bool: ...
 
 
+@runtime_checkable
+class MailboxStage(Protocol):
+    """A stage that holds mailbox connections (IMAP); reported in STATUS=, /healthz and a gauge."""
+
+    def connections(self) -> Mapping[str, bool]: ...
+
+
 @dataclass
 class Heartbeat:
+    """For stages with their own loop: `beat()` after every bit of progress; stale after `stall_after`."""
+
     last: float = field(default_factory=time.monotonic)
     stall_after: float = 120.0
 
@@ -76,40 +113,70 @@ class Heartbeat:
         return now - self.last < self.stall_after
 
 
+def backoff(failures: int, maximum: float) -> float:
+    return float(min(maximum, BACKOFF_INITIAL_SECONDS * 2 ** max(0, failures - 1)))
+
+
 class ThreadWorkerStage:
-    """Runs a blocking `step()` repeatedly in a dedicated thread; sleeps until woken when there is no work."""
+    """Runs a blocking `step()` repeatedly in a dedicated thread; sleeps until woken when there is no work.
+
+    The failpoint `<name>.step` fires before every step (tests stall or crash a stage with it).
+    """
 
     def __init__(self, name: str, step: Callable[[], bool], wake: asyncio.Event,
-                 idle_wait: Callable[[], float] = lambda: IDLE_POLL_SECONDS) -> None:
+                 idle_wait: Callable[[], float] = lambda: IDLE_POLL_SECONDS, *, stall_after: float = 120.0,
+                 max_failures: int = 8, backoff_max: float = 60.0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.name = name
         self._step = step
         self._wake = wake
         self._idle_wait = idle_wait
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.heartbeat = Heartbeat()
+        self.stall_after = stall_after
+        self.max_failures = max_failures
+        self.backoff_max = backoff_max
+        self._on_failure = on_failure
+        self.busy_since: float | None = None
         self.failures = 0
 
     def alive(self, now: float) -> bool:
-        return self.heartbeat.alive(now)
+        stalled = self.busy_since is not None and now - self.busy_since >= self.stall_after
+        return not stalled and self.failures < self.max_failures
+
+    def detail(self, now: float) -> dict[str, Any]:
+        busy = round(now - self.busy_since, 1) if self.busy_since is not None else None
+        return {"alive": self.alive(now), "failures": self.failures, "busy_seconds": busy,
+                "stall_after": self.stall_after}
+
+    def _guarded_step(self) -> bool:
+        failpoint(f"{self.name}.step")
+        return self._step()
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self.busy_since = time.monotonic()
                 try:
-                    busy = await loop.run_in_executor(self._executor, self._step)
+                    busy = await loop.run_in_executor(executor, self._guarded_step)
                     self.failures = 0
-                except Exception:  # noqa: BLE001 - a crashing stage backs off and retries, the watchdog sees it
+                except Exception as exc:
                     self.failures += 1
-                    log.exception("stage_failed", stage=self.name, failures=self.failures)
+                    if self._on_failure is not None:
+                        self._on_failure(self.name)
+                    log.exception("stage_failed", stage=self.name, failures=self.failures,
+                              error=f"{type(exc).__name__}: {str(exc)[:200]}")
                     busy = False
-                    await _wait_any(stop, None, min(60.0, 2.0**self.failures))
-                self.heartbeat.beat()
+                    self.busy_since = None
+                    await _wait_any(stop, None, backoff(self.failures, self.backoff_max))
+                    continue
+                finally:
+                    self.busy_since = None
                 if not busy:
                     await _wait_any(stop, self._wake, self._idle_wait())
         finally:
-            self._executor.shutdown(wait=True)
+            executor.shutdown(wait=True)
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:
@@ -123,6 +190,18 @@ async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, timeout: fl
             w.cancel()
 
 
+class RecordingDeliverer:
+    """Wraps the real deliverer so the outbox step learns which mails it just handled (for the metrics)."""
+
+    def __init__(self, inner: Deliverer) -> None:
+        self.inner = inner
+        self.handled: list[str] = []
+
+    def deliver(self, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
+        self.handled.append(message_id)
+        self.inner.deliver(envelope_from, recipient, raw, message_id)
+
+
 class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
                  notifier: Notifier | None = None,
@@ -131,31 +210,52 @@ class Daemon:
         self.runtime = RuntimeRef(runtime)
         self.services = services
         self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.process_wake = asyncio.Event()
         self.outbox_wake = asyncio.Event()
         self.processor = Processor(services, self.runtime)
         config = runtime.config
-        self.outbox = OutboxWorker(services.factory, deliverer, config.smtp_out, services.instance_id,
+        self.ops: OperationsConfig = config.operations
+        self.deliverer = RecordingDeliverer(deliverer)
+        self.outbox = OutboxWorker(services.factory, self.deliverer, config.smtp_out, services.instance_id,
                                    services.clock)
         self.intake_pool = ThreadPoolExecutor(max_workers=config.daemon.worker_threads, thread_name_prefix="intake")
+        self.status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
         self.handler = IntakeHandler(lambda: self.runtime().config, self._store, self.intake_pool,
                                      config.smtp_in.protocol)
+        common: dict[str, Any] = {"max_failures": self.ops.stage_max_failures,
+                                  "backoff_max": self.ops.stage_backoff_max_seconds,
+                                  "on_failure": self._count_failure}
+        outbox_stall = max(self.ops.stage_stall_seconds, 10 * config.smtp_out.timeout + 30)
         self.stages: list[Stage] = [
-            ThreadWorkerStage("process", self._process_step, self.process_wake),
-            ThreadWorkerStage("outbox", self._outbox_step, self.outbox_wake, self._outbox_idle_wait),
+            ThreadWorkerStage("process", self._process_step, self.process_wake,
+                              stall_after=self.ops.stage_stall_seconds, **common),
+            ThreadWorkerStage("outbox", self._outbox_step, self.outbox_wake, self._outbox_idle_wait,
+                              stall_after=outbox_stall, **common),
         ]
         if extra_stages is not None:
             self.stages.extend(extra_stages(self))
+        self.task_failures: dict[str, int] = {s.name: 0 for s in self.stages}
         self.server: asyncio.Server | None = None
+        self.http: asyncio.Server | None = None
+        self.snapshot = Snapshot(ok=False)
+        self._refreshing = False
+        self._reload_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- wiring between stages -----------------------------------------------------------------------
 
     def _store(self, raw: bytes, envelope: Envelope) -> Stored:
         stored = store(self.services.factory, raw, envelope)
-        self.wake_processing()
+        self.note_received(envelope, stored)
         return stored
+
+    def note_received(self, envelope: Envelope, stored: Stored) -> None:
+        """Every ingress calls this after its intake commit (counts it, wakes processing); thread-safe."""
+        self.metrics.received.labels(channel(envelope.source, envelope.mailbox), str(stored.duplicate).lower()).inc()
+        if not stored.duplicate:
+            self.wake_processing()
 
     def wake_processing(self) -> None:
         if self._loop is not None:
@@ -163,12 +263,26 @@ class Daemon:
 
     def _process_step(self) -> bool:
         result = self.processor.process_next()
-        if result is not None and self._loop is not None:
+        if result is None:
+            return False
+        with contextlib.suppress(Exception):  # metrics must never fail a processed message
+            with unit_of_work(self.services.factory) as session:
+                info = processed_info(session, result.inbound_id)
+            if info is not None:
+                count_processed(self.metrics, result.state, info)
+        if self._loop is not None:
             self._loop.call_soon_threadsafe(self.outbox_wake.set)
-        return result is not None
+        return True
 
     def _outbox_step(self) -> bool:
-        return self.outbox.run_once() > 0
+        self.deliverer.handled.clear()
+        count = self.outbox.run_once()
+        if self.deliverer.handled:
+            with contextlib.suppress(Exception):
+                with unit_of_work(self.services.factory) as session:
+                    infos = delivered_info(session, list(self.deliverer.handled))
+                count_delivered(self.metrics, infos)
+        return count > 0
 
     def _outbox_idle_wait(self) -> float:
         due = self.outbox.next_due()
@@ -176,29 +290,37 @@ class Daemon:
             return IDLE_POLL_SECONDS
         return max(0.05, min(IDLE_POLL_SECONDS, (due - self.services.clock()).total_seconds()))
 
+    def _count_failure(self, stage: str) -> None:
+        self.metrics.stage_failures.labels(stage).inc()
+
     # --- lifecycle -------------------------------------------------------------------------------------
 
     async def serve(self) -> int:
         self._loop = asyncio.get_running_loop()
         config = self.runtime().config
         for sig, action in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                            (signal.SIGHUP, self.reload)):
+                            (signal.SIGHUP, self.request_reload)):
             self._loop.add_signal_handler(sig, action)
         if config.smtp_in.enabled:
             self.server = await start_server(self.handler, config.smtp_in)
-            bound = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.server.sockets)
-            log.info("smtp_listening", address=bound, protocol=config.smtp_in.protocol)
-        tasks = [asyncio.create_task(stage.run(self.stop), name=stage.name) for stage in self.stages]
-        watchdog = asyncio.create_task(self._watchdog())
-        self.notifier.ready(self._status_line())
+            log.info("smtp_listening", address=_bound(self.server), protocol=config.smtp_in.protocol)
+        if self.ops.http_enabled:
+            host, port = self.ops.http_address
+            self.http = await start_http(host, port, {"/metrics": self.metrics_response,
+                                                      "/healthz": self.health_response})
+            log.info("http_listening", address=_bound(self.http))
+        tasks = [asyncio.create_task(self._supervise(stage), name=stage.name) for stage in self.stages]
+        self._apply_snapshot(await self._loop.run_in_executor(self.status_pool, self._take_snapshot))
+        monitor = asyncio.create_task(self._monitor())
+        self.notifier.ready(self.status_line())
         log.info("daemon_ready", instance=self.services.instance_id, stages=[s.name for s in self.stages])
         await self.stop.wait()
         self.notifier.stopping()
         log.info("daemon_stopping")
         await self._shutdown(tasks)
-        watchdog.cancel()
+        monitor.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+            await monitor
         log.info("daemon_stopped")
         return 0
 
@@ -208,48 +330,155 @@ class Daemon:
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         if self.server is not None:
-            self.server.close()  # no new connections; open sessions finish their DATA
+            self.server.close()  # no new connections; open sessions get 421 at MAIL, DATA in flight finishes
             deadline = time.monotonic() + 20
             while self.handler.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks, return_exceptions=True)
         self.intake_pool.shutdown(wait=True)
+        if self.http is not None:
+            self.http.close()
+        self.status_pool.shutdown(wait=False, cancel_futures=True)
 
-    def reload(self) -> None:
-        self.notifier.reloading()
-        try:
-            config = load_config(self.config_path)
-            runtime = Runtime.build(config)
-        except ConfigError as exc:
-            log.error("reload_refused", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - e.g. a template directory that vanished
-            log.error("reload_refused", error=f"{type(exc).__name__}: {exc}")
-        else:
-            self.runtime.swap(runtime)
-            log.info("reload_done", rules=len(runtime.router.rules), queues=len(config.queue))
-        self.notifier.ready(self._status_line())
+    async def _supervise(self, stage: Stage) -> None:
+        """Run a stage until shutdown; a crash or an early return restarts it after backoff."""
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                await stage.run(self.stop)
+                if self.stop.is_set():
+                    return
+                raise RuntimeError("stage returned before shutdown")
+            except Exception as exc:
+                if time.monotonic() - started > 2 * self.ops.stage_backoff_max_seconds:
+                    self.task_failures[stage.name] = 0  # it ran fine for a while: a new burst
+                self.task_failures[stage.name] += 1
+                self._count_failure(stage.name)
+                log.exception("stage_crashed", stage=stage.name, failures=self.task_failures[stage.name],
+                          error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                await _wait_any(self.stop, None,
+                                backoff(self.task_failures[stage.name], self.ops.stage_backoff_max_seconds))
 
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval
-        period = min(10.0, interval / 2) if interval else 10.0
-        while True:
-            now = time.monotonic()
-            if all(stage.alive(now) for stage in self.stages):
-                self.notifier.watchdog()
-            else:
-                dead = [s.name for s in self.stages if not s.alive(now)]
-                log.error("stage_stalled", stages=dead)
-            self.notifier.status(self._status_line())
-            await asyncio.sleep(period)
+    # --- health, status, metrics -----------------------------------------------------------------------
 
-    def _status_line(self) -> str:
+    def stage_alive(self, stage: Stage, now: float) -> bool:
+        return stage.alive(now) and self.task_failures.get(stage.name, 0) < self.ops.stage_max_failures
+
+    def unhealthy(self, now: float) -> list[str]:
+        return [s.name for s in self.stages if not self.stage_alive(s, now)]
+
+    def connections(self) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for stage in self.stages:
+            if isinstance(stage, MailboxStage):
+                out.update(stage.connections())
+        return out
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        stages: dict[str, Any] = {}
+        for stage in self.stages:
+            detail = stage.detail(now) if isinstance(stage, ThreadWorkerStage) else {}
+            detail.update(alive=self.stage_alive(stage, now), task_failures=self.task_failures.get(stage.name, 0))
+            stages[stage.name] = detail
+        ok = all(d["alive"] for d in stages.values()) and self.snapshot.ok and not self.stop.is_set()
+        return ok, {"status": "ok" if ok else "unhealthy", "stopping": self.stop.is_set(), "stages": stages,
+                    "database": self.snapshot.ok, "mailboxes": self.connections(),
+                    "backlog": {"process": self.snapshot.inbound_backlog, "outbox": self.snapshot.outbound_backlog}}
+
+    def health_response(self) -> Response:
+        ok, detail = self.health()
+        return Response.json(200 if ok else 503, detail)
+
+    def metrics_response(self) -> Response:
+        return Response(200, self.metrics.render(), CONTENT_TYPE)
+
+    def status_line(self) -> str:
+        snap = dataclasses.replace(self.snapshot, connected=self.connections())
+        return snap.status_line(self.unhealthy(time.monotonic()))
+
+    def _take_snapshot(self) -> Snapshot:
         try:
             with unit_of_work(self.services.factory) as session:
-                backlog = repo.inbound_backlog(session)
-                outbox = repo.outbound_backlog(session)
-        except Exception:  # noqa: BLE001 - the status line must never take the daemon down
-            return "database unreachable"
-        return f"backlog {backlog}, outbox {outbox}"
+                return take_snapshot(session, dt.datetime.now(dt.UTC))
+        except Exception as exc:  # noqa: BLE001 - the status line must never take the daemon down
+            log.warning("status_query_failed", error=type(exc).__name__)
+            return Snapshot(ok=False)
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.metrics.apply(snap)
+
+    def _refresh(self) -> None:
+        """Start a snapshot in the status thread unless one is still running (a hung DB must not pile up)."""
+        if self._refreshing or self._loop is None:
+            return
+        self._refreshing = True
+
+        def done(fut: asyncio.Future[Snapshot]) -> None:
+            self._refreshing = False
+            if not fut.cancelled() and fut.exception() is None:
+                self._apply_snapshot(fut.result())
+                self.notifier.status(self.status_line())
+
+        with contextlib.suppress(RuntimeError):  # pool already shut down during stop
+            self._loop.run_in_executor(self.status_pool, self._take_snapshot).add_done_callback(done)
+
+    async def _monitor(self) -> None:
+        """Watchdog pings only while every stage is alive; status and gauges every status_interval."""
+        interval = self.notifier.watchdog_interval
+        period = min(self.ops.status_interval, interval / 2) if interval else self.ops.status_interval
+        next_status = time.monotonic() + self.ops.status_interval
+        reported: list[str] = []
+        while True:
+            now = time.monotonic()
+            unhealthy = self.unhealthy(now)
+            for stage in self.stages:
+                self.metrics.stage_up.labels(stage.name).set(0 if stage.name in unhealthy else 1)
+            for mailbox, up in self.connections().items():
+                self.metrics.mailbox_connected.labels(mailbox).set(1 if up else 0)
+            if not unhealthy:
+                self.notifier.watchdog()
+                if reported:
+                    log.info("stages_recovered", stages=reported)
+            elif unhealthy != reported:
+                log.error("stage_unhealthy", stages=unhealthy)
+                self.notifier.status(self.status_line())
+            reported = unhealthy
+            if now >= next_status:
+                next_status = now + self.ops.status_interval
+                self._refresh()
+            await asyncio.sleep(period)
+
+    # --- reload ----------------------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        if self._loop is not None:
+            self._loop.create_task(self.reload())
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                runtime = await asyncio.to_thread(self._build_runtime)
+            except ConfigError as exc:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload_refused", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - e.g. a template directory that vanished
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload_refused", error=f"{type(exc).__name__}: {exc}")
+            else:
+                self.runtime.swap(runtime)
+                self.metrics.reloads.labels("ok").inc()
+                log.info("reload_done", rules=len(runtime.router.rules), queues=len(runtime.config.queue))
+            self.notifier.ready(self.status_line())
+
+    def _build_runtime(self) -> Runtime:
+        return Runtime.build(load_config(self.config_path))
+
+
+def _bound(server: asyncio.Server) -> str:
+    return ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
 
 
 def prepare_database(runtime: Runtime, services: Services) -> None:
@@ -268,4 +497,3 @@ def run(config_path: Path, runtime: Runtime, services: Services, deliverer: Deli
         return await daemon.serve()
 
     return asyncio.run(main())
-

@@ -20,6 +20,8 @@ from mail2ticket.headers import clean_text, normalize_address, parse_address_lis
 from mail2ticket.outcomes import Quarantine
 
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
+_BOM = b"\xef\xbb\xbf"  # Windows tools save mail with a UTF-8 byte order mark
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +70,26 @@ class ParsedMail:
 
 
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
+    """Parse one message; raises only `Quarantine` (a budget breach or a parser failure), never anything else."""
     _precheck(raw, limits)
     try:
-        msg = email.message_from_bytes(raw, policy=default_policy)
-    except Exception as exc:  # noqa: BLE001 - the stdlib raises many types on hostile input
+        return _parse(raw, limits)
+    except Quarantine:
+        raise
+    except RecursionError as exc:
+        raise Quarantine("unparseable: structure nested too deeply (RecursionError)") from exc
+    except MemoryError as exc:
+        raise Quarantine("unparseable: out of memory while parsing") from exc
+    except Exception as exc:
         raise Quarantine(f"unparseable: {type(exc).__name__}") from exc
-    assert isinstance(msg, EmailMessage)
-    defects: list[str] = [type(d).__name__ for d in msg.defects]
+
+
+def _parse(raw: bytes, limits: Limits) -> ParsedMail:
+    bom = raw.startswith(_BOM)
+    msg = email.message_from_bytes(raw[len(_BOM):] if bom else raw, policy=default_policy)
+    if not isinstance(msg, EmailMessage):  # pragma: no cover - policy.default always builds EmailMessage
+        raise Quarantine("unparseable: unexpected message class")
+    defects: list[str] = [type(d).__name__ for d in msg.defects] + (["LeadingByteOrderMark"] if bom else [])
     parts = _check_structure(msg, limits, defects)
     headers = _decoded_headers(msg, defects)
     text, html, attachments = _bodies(msg, parts, limits, defects)
@@ -106,6 +121,8 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
 def _precheck(raw: bytes, limits: Limits) -> None:
     if len(raw) > limits.max_message_size:
         raise Quarantine(f"message size {len(raw)} exceeds the limit of {limits.max_message_size} bytes")
+    if not looks_like_mail(raw):
+        raise Quarantine("not an email message: it does not start with a header field")
     end = raw.find(b"\n\n")
     end_crlf = raw.find(b"\r\n\r\n")
     cut = min(x for x in (end, end_crlf, len(raw)) if x >= 0)
@@ -121,6 +138,15 @@ def _precheck(raw: bytes, limits: Limits) -> None:
     # Each MIME part needs a boundary line; far more than the part limit means a structure bomb.
     if raw.count(b"\n--") > limits.max_parts * 2 + 10:
         raise Quarantine(f"more than {limits.max_parts} MIME parts")
+
+
+def looks_like_mail(raw: bytes) -> bool:
+    """True if the bytes start with something shaped like a header field (mbox "From " lines allowed)."""
+    first = raw[:1000].removeprefix(_BOM).replace(b"\r", b"\n").split(b"\n", 1)[0]
+    if first.startswith(b"From "):
+        return True
+    name, colon, _ = first.partition(b":")
+    return bool(colon) and bool(_FIELD_NAME.fullmatch(name.rstrip(b" \t")))
 
 
 def _check_structure(msg: Message, limits: Limits, defects: list[str]) -> list[Message]:
@@ -145,7 +171,7 @@ def _check_structure(msg: Message, limits: Limits, defects: list[str]) -> list[M
             leaves.append(part)
         if part.is_multipart():
             payload = part.get_payload()
-            children = payload if isinstance(payload, list) else []
+            children = [c for c in payload if isinstance(c, Message)] if isinstance(payload, list) else []
             stack.extend((child, depth + 1, nested or is_message) for child in reversed(children))
         elif not nested and not is_message:
             leaves.append(part)
@@ -154,15 +180,29 @@ def _check_structure(msg: Message, limits: Limits, defects: list[str]) -> list[M
 
 def _decoded_headers(msg: EmailMessage, defects: list[str]) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
+    factory = default_policy.header_factory
     for name, value in msg.raw_items():
         key = name.lower()
         try:
-            text = str(msg.policy.header_factory(name, value))
+            text = str(factory(name, value))
         except Exception:  # noqa: BLE001 - malformed header: keep the raw text, note the defect
-            defects.append(f"HeaderError:{key}")
+            defects.append(f"HeaderError:{key[:40]}")
             text = str(value)
+        if "\ufffd" in text and _has_8bit(value):
+            text = _legacy_8bit(str(value), key, defects)
         out.setdefault(key, []).append(text.encode("utf-8", "replace").decode("utf-8"))
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _has_8bit(value: object) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in str(value))
+
+
+def _legacy_8bit(value: str, key: str, defects: list[str]) -> str:
+    """An unencoded 8-bit header that is not UTF-8: read it as Windows-1252 (what such mailers send)."""
+    defects.append(f"Undecodable8bitHeader:{key[:40]}")
+    data = value.encode("utf-8", "surrogateescape")
+    return " ".join(data.decode("cp1252", errors="replace").split())
 
 
 def _first(headers: dict[str, tuple[str, ...]], name: str) -> str | None:
@@ -188,7 +228,7 @@ def _date(value: str | None) -> dt.datetime | None:
 
 
 def decode_text(part: Message, defects: list[str]) -> str:
-    """A text part as str: its declared charset, falling back to UTF-8 and then Latin-1, never raising."""
+    """A text part as str: its declared charset, falling back to UTF-8 and then Windows-1252, never raising."""
     try:
         payload = part.get_payload(decode=True)
     except Exception:  # noqa: BLE001
@@ -197,15 +237,28 @@ def decode_text(part: Message, defects: list[str]) -> str:
     if not isinstance(payload, bytes):
         raw = part.get_payload()
         return raw if isinstance(raw, str) else ""
-    charset = part.get_content_charset() or "utf-8"
+    declared = part.get_content_charset()
+    if declared in (None, "us-ascii", "ascii"):
+        # Undeclared 8-bit text is UTF-8 from modern mailers and Windows-1252 from old ones.
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            defects.append("Undeclared8bitBody")
+            return payload.decode("cp1252", errors="replace")
     try:
-        return payload.decode(charset, errors="replace")
+        return payload.decode(declared, errors="strict")
     except LookupError:
-        defects.append(f"UnknownCharset:{charset[:40]}")
+        defects.append(f"UnknownCharset:{declared[:40]}")
+    except (UnicodeError, ValueError):
+        defects.append(f"UndecodableText:{declared[:40]}")
+        try:
+            return payload.decode(declared, errors="replace")
+        except (UnicodeError, ValueError, LookupError):  # codecs like idna ignore errors="replace"
+            pass
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        return payload.decode("latin-1")
+        return payload.decode("cp1252", errors="replace")
 
 
 def _bodies(

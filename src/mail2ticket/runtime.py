@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,13 +71,18 @@ class Services:
     instance_id: str
     clock: Callable[[], dt.datetime] = utc_now
 
+    def __post_init__(self) -> None:
+        # A caller that forgets close() must not leave pooled PostgreSQL sessions (and, for the daemon,
+        # their row locks) to the garbage collector: dispose of the pool when this object goes away.
+        self._dispose = weakref.finalize(self, self.engine.dispose)
+
     @classmethod
     def build(cls, config: Config) -> Services:
         engine = make_engine(config.daemon.database_url, pool_size=config.daemon.worker_threads + 2)
         return cls(engine=engine, factory=make_sessionmaker(engine), instance_id=instance_id())
 
     def close(self) -> None:
-        self.engine.dispose()
+        self._dispose()
 
 
 def instance_id() -> str:

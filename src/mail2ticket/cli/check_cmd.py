@@ -15,6 +15,7 @@ from collections.abc import Callable
 from mail2ticket.cli.common import load
 from mail2ticket.config import Config
 from mail2ticket.config.load import read_secret
+from mail2ticket.ingress.imap import check_mailboxes
 from mail2ticket.runtime import Runtime
 
 SAMPLE = {
@@ -29,7 +30,7 @@ SAMPLE = {
 }
 
 Connector = Callable[[Config], list[tuple[str, str | None]]]
-CONNECTORS: list[Connector] = []
+CONNECTORS: list[Connector] = [check_mailboxes]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

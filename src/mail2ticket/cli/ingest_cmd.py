@@ -2,7 +2,11 @@
 
 Meant for a Postfix pipe transport as well as by hand, and safe while the daemon runs (the database
 arbitrates). Exit codes follow sysexits(3): 0 stored (a quarantined mail is stored too), 75 on a
-temporary failure (Postfix keeps the mail and retries), 65 when the input is not a mail at all.
+temporary failure (Postfix keeps the mail and retries), 65 when the input is empty.
+
+Input that does not look like a mail is still stored (and quarantined by the parse stage with that reason),
+so nothing handed to us is lost; an admin can look at it with `mail2ticket quarantine show`. Many paths in
+one call share one process and one parse worker, which is much faster than one call per file.
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     code = EX_OK
     try:
         for item in iter_inputs(args.paths):
-            if not looks_like_mail(item.data):
-                print(f"mail2ticket ingest: {item.origin}: not an email message", file=sys.stderr)
+            if not item.data.strip():
+                print(f"mail2ticket ingest: {item.origin}: empty input, nothing stored", file=sys.stderr)
                 code = max(code, EX_DATAERR)
                 continue
+            if not looks_like_mail(item.data):
+                print(f"mail2ticket ingest: {item.origin}: not an email message; kept in quarantine",
+                      file=sys.stderr)
             envelope = Envelope(source="cli", mail_from=args.sender, rcpt_to=tuple(args.recipient))
             try:
                 stored = store(services.factory, item.data, envelope)
@@ -72,6 +79,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"mail2ticket ingest: {exc}", file=sys.stderr)
         return EX_NOINPUT
     finally:
+        processor.close()
         services.close()
     if args.json:
         print_json(results)

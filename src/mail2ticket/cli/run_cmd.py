@@ -7,6 +7,7 @@ import argparse
 from mail2ticket import daemon
 from mail2ticket.cli.common import build_deliverer, load
 from mail2ticket.config.load import config_path
+from mail2ticket.ingress import imap
 from mail2ticket.runtime import Runtime, Services
 
 
@@ -27,5 +28,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _extra_stages(d: daemon.Daemon) -> list[daemon.Stage]:
-    """Stages beyond SMTP, processing and outbox (IMAP pollers) register here."""
-    return []
+    """Stages beyond SMTP, processing and outbox: one IMAP worker per configured mailbox folder."""
+    stages: list[daemon.Stage] = []
+    stages.extend(imap.build_stages(d.runtime().config, d.services, d.config_path, d.wake_processing))
+    return stages

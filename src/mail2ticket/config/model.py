@@ -147,18 +147,28 @@ class QueueConfig(Strict):
         return tuple(_check_address(v) for v in value)
 
 
+_FOLDER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,400}$")
+
+
+def _check_folder(value: str, what: str) -> str:
+    if not _FOLDER_RE.match(value) or value != value.strip():
+        raise ValueError(f"{what} {value!r} is not a usable IMAP folder name (1-400 characters, no control "
+                         "characters, no leading or trailing spaces), e.g. 'INBOX' or 'Processed'")
+    return value
+
+
 class MailboxConfig(Strict):
     """One IMAP account polled for mail; each folder is synced on its own connection."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-    host: str
+    host: str = Field(min_length=1)
     port: int | None = Field(None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
-    username: str
+    username: str = Field(min_length=1)
     auth: Literal["login", "xoauth2"] = "login"
     password_file: Path | None = None
     password_env: str | None = None
-    token_command: str | None = None
+    token_command: str | None = Field(None, min_length=1)
     token_file: Path | None = None
     folders: tuple[str, ...] = ("INBOX",)
     after: str = "flag"
@@ -167,6 +177,8 @@ class MailboxConfig(Strict):
     idle: bool = True
     poll_interval: float = Field(60, ge=1)
     idle_refresh: float = Field(540, ge=10, le=1740)
+    # During IDLE a server silent for this long gets a NOOP; no answer within `timeout` means a dead connection.
+    noop_interval: float = Field(120, ge=1, le=1740)
     batch_size: int = Field(50, ge=1, le=1000)
     max_message_size: int | None = Field(None, ge=1024)
     timeout: float = Field(60, gt=0)
@@ -174,9 +186,26 @@ class MailboxConfig(Strict):
     @field_validator("after")
     @classmethod
     def _after(cls, value: str) -> str:
-        if value in ("flag", "delete") or (value.startswith("move:") and len(value) > 5):
+        if value in ("flag", "delete"):
+            return value
+        if value.startswith("move:") and len(value) > 5:
+            _check_folder(value[5:], "the target folder")
             return value
         raise ValueError("use 'flag', 'delete' or 'move:FOLDER', e.g. 'move:Processed'")
+
+    @field_validator("folders")
+    @classmethod
+    def _folders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for folder in value:
+            _check_folder(folder, "folder")
+        if len(set(value)) != len(value):
+            raise ValueError("each folder may be listed once")
+        return value
+
+    @field_validator("quarantine_folder")
+    @classmethod
+    def _quarantine_folder(cls, value: str | None) -> str | None:
+        return None if value is None else _check_folder(value, "quarantine_folder")
 
     @model_validator(mode="after")
     def _credentials(self) -> MailboxConfig:
@@ -191,6 +220,12 @@ class MailboxConfig(Strict):
             raise ValueError("auth = 'xoauth2' needs token_command or token_file")
         if not self.folders:
             raise ValueError("folders must name at least one folder, e.g. ['INBOX']")
+        target = self.move_target
+        if target is not None and target in self.folders:
+            raise ValueError(f"after = 'move:{target}' moves mail into a folder that is also polled; "
+                             "pick a folder outside 'folders', e.g. 'move:Processed'")
+        if self.quarantine_folder is not None and self.quarantine_folder in self.folders:
+            raise ValueError(f"quarantine_folder {self.quarantine_folder!r} is also polled; pick another folder")
         return self
 
     @property
@@ -198,6 +233,10 @@ class MailboxConfig(Strict):
         if self.port is not None:
             return self.port
         return 993 if self.security == "tls" else 143
+
+    @property
+    def move_target(self) -> str | None:
+        return self.after[5:] if self.after.startswith("move:") else None
 
 
 class Pattern(Strict):

@@ -1,8 +1,13 @@
 """Database engine and transactions: durable settings per backend, one short unit of work at a time.
 
 SQLite runs in WAL mode with synchronous=FULL and takes the write lock at BEGIN (BEGIN IMMEDIATE), so
-concurrent writers queue on busy_timeout instead of failing half-way. PostgreSQL must run with
-synchronous_commit on: a 250 or an IMAP flag after a commit that is not on disk would break promise 1.
+concurrent writers queue on busy_timeout instead of failing half-way: the single-writer path.
+
+PostgreSQL must not run with synchronous_commit=off: a 250 or an IMAP flag after a commit that is not on
+disk would break promise 1. Several instances share it, and a row lock (`FOR UPDATE SKIP LOCKED`) is the
+claim on a message being processed, so every session is set up to give such a lock back when its holder
+is gone: TCP keepalives on both ends notice a dead peer within about a minute, and
+idle_in_transaction_session_timeout ends a session whose process is alive but stuck inside a transaction.
 """
 
 from __future__ import annotations
@@ -11,11 +16,21 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+log = structlog.get_logger("mail2ticket.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# A processing transaction idles between statements only for parsing and rendering one message (bounded by
+# the parse budget); five minutes without a statement means the holder is stuck, and its claim must go.
+PG_IDLE_IN_TRANSACTION_MS = 300_000
+PG_SESSION_OPTIONS = (
+    f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS} "
+    "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+)
 
 
 class DurabilityError(RuntimeError):
@@ -27,9 +42,19 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, poolclass=NullPool)
         _configure_sqlite(engine)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    connect_args = {
+        "options": PG_SESSION_OPTIONS,
+        "application_name": "mail2ticket",
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -61,11 +86,18 @@ def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def check_durability(engine: Engine, *, allow_unsafe: bool) -> None:
+    """Raise DurabilityError when a commit could be lost on a crash (T22), unless explicitly allowed.
+
+    PostgreSQL: every synchronous_commit value except `off` waits for the local WAL flush (`local`,
+    `remote_write` and `remote_apply` only differ in what they wait for on a standby), so only `off` and
+    fsync=off are refused. The settings are read in a session of this engine, so per-database and per-role
+    settings (`ALTER DATABASE … SET synchronous_commit = off`) count, as they apply to the daemon's sessions.
+    """
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
             sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
-            problems = []
+            problems: list[str] = []
             if str(mode).lower() != "wal":
                 problems.append(f"journal_mode={mode} (need wal)")
             if sync != 2 and sync != 3:
@@ -74,11 +106,13 @@ def check_durability(engine: Engine, *, allow_unsafe: bool) -> None:
             setting = conn.execute(text("SHOW synchronous_commit")).scalar()
             fsync = conn.execute(text("SHOW fsync")).scalar()
             problems = []
-            if setting in ("off", "local"):
+            if setting == "off":
                 problems.append(f"synchronous_commit={setting} (need on)")
             if fsync == "off":
                 problems.append("fsync=off (need on)")
         conn.rollback()
+    if problems and allow_unsafe:
+        log.warning("durability_unsafe", problems=problems)
     if problems and not allow_unsafe:
         raise DurabilityError(
             "the database does not guarantee durable commits: "

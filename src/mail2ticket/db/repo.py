@@ -3,15 +3,24 @@
 Work claiming differs per backend: PostgreSQL uses `FOR UPDATE SKIP LOCKED` so several instances take
 different rows; SQLite has one writer at a time (BEGIN IMMEDIATE), so a plain SELECT inside the write
 transaction is already exclusive.
+
+| work            | claim                                  | a dead or stuck claimant's work is taken over   |
+|-----------------|----------------------------------------|-------------------------------------------------|
+| inbound message | row lock for the one processing        | when its session ends: at once on kill -9,      |
+|                 | transaction (nothing is sent or        | keepalive (~1 min) on a lost host, idle-in-     |
+|                 | acknowledged inside it)                | transaction timeout (5 min) on a hung process   |
+| outbound mail   | lease columns (claimed_by, expires),   | when claim_expires_at has passed (delivery runs |
+|                 | committed before the SMTP send         | outside any transaction, so a row lock can't)   |
+| IMAP mailbox    | `lease` row (db.leases)                | when the lease row expires                      |
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -27,8 +36,10 @@ from mail2ticket.db.models import (
     TicketCounter,
 )
 
+_S = TypeVar("_S", bound=Select[Any])
 
-def _skip_locked(session: Session, stmt: Select[Any]) -> Select[Any]:
+
+def _skip_locked(session: Session, stmt: _S) -> _S:
     if session.get_bind().dialect.name == "postgresql":
         return stmt.with_for_update(skip_locked=True)
     return stmt
@@ -38,7 +49,7 @@ def _skip_locked(session: Session, stmt: Select[Any]) -> Select[Any]:
 
 
 def find_inbound_duplicate(session: Session, source_key: str | None, scope: str, content_hash: str) -> int | None:
-    conditions = [(InboundMessage.dedupe_scope == scope) & (InboundMessage.content_hash == content_hash)]
+    conditions: list[ColumnElement[bool]] = [(InboundMessage.dedupe_scope == scope) & (InboundMessage.content_hash == content_hash)]
     if source_key is not None:
         conditions.append(InboundMessage.source_key == source_key)
     return session.scalar(select(InboundMessage.id).where(or_(*conditions)).limit(1))
@@ -57,6 +68,19 @@ def claim_next_inbound(session: Session, now: dt.datetime, *, only: int | None =
     if only is not None:
         stmt = stmt.where(InboundMessage.id == only)
     return session.scalar(_skip_locked(session, stmt))
+
+
+def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
+    """Message `inbound_id`, row-locked, if it still waits for processing (state new); else None.
+
+    For outcomes written after a processing transaction failed and rolled back: its claim (the row lock) is
+    gone by then, so another instance may have claimed the row meanwhile. Waiting for that instance's lock and
+    re-checking the state keeps its result instead of overwriting a `done` row with our failure.
+    """
+    stmt = select(InboundMessage).where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.NEW)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return session.scalar(stmt)
 
 
 def inbound_backlog(session: Session) -> int:
@@ -109,13 +133,15 @@ def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> Ticke
     for mid, tid in session.execute(
         select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(ids))
     ):
-        found.setdefault(mid, tid)
-    for mid, tid in session.execute(
+        if mid is not None:
+            found.setdefault(mid, tid)
+    for out_mid, out_tid in session.execute(
         select(OutboundMail.message_id, OutboundMail.ticket_id).where(
             OutboundMail.message_id.in_(ids), OutboundMail.ticket_id.is_not(None)
         )
     ):
-        found.setdefault(mid, tid)
+        if out_tid is not None:
+            found.setdefault(out_mid, out_tid)
     for mid in reversed(ids):
         if mid in found:
             return session.get(Ticket, found[mid])
@@ -200,6 +226,14 @@ def outbound_by_dedupe_key(session: Session, key: str) -> OutboundMail | None:
 
 def automatic_mails_since(session: Session, *, recipient: str | None = None, ticket_id: int | None = None,
                           since: dt.datetime) -> int:
+    """How many automatic mails went (or are queued) to `recipient` / for `ticket_id` since `since`.
+
+    The outbox rows are the rate-limit counters. On PostgreSQL, counting for a recipient first takes a
+    transaction-scoped advisory lock on that address, so two instances answering the same sender at the same
+    moment check and enqueue one after the other instead of both passing the limit.
+    """
+    if recipient is not None and session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended("m2t-recipient:" + recipient, 0))))
     stmt = select(func.count()).select_from(OutboundMail).where(
         OutboundMail.automatic.is_(True), OutboundMail.created_at >= since
     )

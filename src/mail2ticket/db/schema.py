@@ -1,4 +1,10 @@
-"""Schema management: Alembic upgrades and the check that the database matches this version of the code."""
+"""Schema management: Alembic upgrades and the check that the database matches this version of the code.
+
+Embedded SQLite is upgraded in place when it is opened; a shared PostgreSQL is only changed by an explicit
+`mail2ticket db upgrade`, and every instance refuses to start on a schema that is not at head. Two upgrades
+started at once (two operators, or two instances on SQLite) are serialised: PostgreSQL by a transaction-level
+advisory lock, SQLite by its write lock (BEGIN IMMEDIATE), and the second one then finds nothing to do.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,11 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, text
+
+# An arbitrary constant naming "the mail2ticket schema" among PostgreSQL advisory locks.
+_MIGRATION_LOCK_KEY = 0x6D327473
 
 
 class SchemaOutdated(RuntimeError):
@@ -33,9 +43,22 @@ def current_revision(engine: Engine) -> str | None:
         return rev
 
 
+def _lock(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+
+
+def _known(engine: Engine, revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config(engine)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        _lock(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
@@ -43,6 +66,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def downgrade(engine: Engine, revision: str) -> None:
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        _lock(conn)
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 
@@ -52,6 +76,11 @@ def ensure_schema(engine: Engine, *, auto_upgrade: bool) -> None:
     current, head = current_revision(engine), head_revision(engine)
     if current == head:
         return
+    if current is not None and not _known(engine, current):
+        raise SchemaOutdated(
+            f"the database schema is at revision {current}, which this version of mail2ticket does not know "
+            f"(its newest is {head}): the database was upgraded by a newer mail2ticket; run that version"
+        )
     if auto_upgrade:
         upgrade(engine)
         return

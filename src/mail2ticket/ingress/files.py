@@ -28,8 +28,18 @@ def _is_maildir(path: Path) -> bool:
 
 
 def _is_mbox(path: Path) -> bool:
+    """An mbox starts with a "From " line ended by LF; a bare-CR file (classic Mac) is one message."""
     with path.open("rb") as fh:
-        return fh.read(5) == b"From "
+        head = fh.read(64 * 1024)
+    return head.startswith(b"From ") and b"\n" in head
+
+
+def _single(path: Path) -> bytes:
+    """One message file; a leading mbox-style "From " envelope line (bare CR ended) is dropped."""
+    data = path.read_bytes()
+    if data.startswith(b"From ") and b"\n" not in data[:64 * 1024] and b"\r" in data:
+        data = data.split(b"\r", 1)[1]
+    return data
 
 
 def iter_path(path: Path) -> Iterator[RawInput]:
@@ -45,11 +55,14 @@ def iter_path(path: Path) -> Iterator[RawInput]:
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if _is_mbox(path):
-        box = mailbox.mbox(path, factory=None, create=False)
-        for index, key in enumerate(box.iterkeys()):
-            yield RawInput(f"{path}#{index + 1}", box.get_bytes(key))
+        mbox = mailbox.mbox(path, factory=None, create=False)
+        try:
+            for index, key in enumerate(mbox.iterkeys()):
+                yield RawInput(f"{path}#{index + 1}", mbox.get_bytes(key))
+        finally:
+            mbox.close()
         return
-    yield RawInput(str(path), path.read_bytes())
+    yield RawInput(str(path), _single(path))
 
 
 def iter_inputs(paths: list[str]) -> Iterator[RawInput]:
@@ -70,7 +83,9 @@ def count_inputs(paths: list[str]) -> int | None:
         if _is_maildir(path):
             total += len(mailbox.Maildir(path, factory=None, create=False))
         elif path.is_file() and _is_mbox(path):
-            total += len(mailbox.mbox(path, factory=None, create=False))
+            box = mailbox.mbox(path, factory=None, create=False)
+            total += len(box)
+            box.close()
         elif path.is_dir():
             total += sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         else:

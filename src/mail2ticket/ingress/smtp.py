@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+import aiosmtpd
 import structlog
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope as SmtpEnvelope, Session as SmtpSession
+from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from aiosmtpd.smtp import Session as SmtpSession
 
 from mail2ticket.config.model import Config, SmtpInConfig
 from mail2ticket.failpoints import failpoint
@@ -38,6 +42,15 @@ TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 UNKNOWN_RECIPIENT = "550 5.1.1 No such mailbox here"
 TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
+# 1.4.5 fixed SMTP smuggling (CVE-2024-27305), 1.4.6 STARTTLS command injection (CVE-2024-34083).
+MIN_AIOSMTPD = (1, 4, 6)
+
+
+def check_aiosmtpd_version(version: str = aiosmtpd.__version__) -> None:
+    """Refuse to listen with an aiosmtpd that has known framing or injection flaws."""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if parts < MIN_AIOSMTPD:
+        raise RuntimeError(f"aiosmtpd {version} accepts smuggled SMTP data; install aiosmtpd >= 1.4.6")
 
 
 def recipient_accepted(address: str, own_addresses: frozenset[str], domain: str) -> bool:
@@ -97,7 +110,7 @@ class IntakeHandler:
         try:
             loop = asyncio.get_running_loop()
             stored = await loop.run_in_executor(self._executor, self._store, raw, intake)
-        except Exception:  # noqa: BLE001 - any failure to commit is transient for the relay
+        except Exception:
             log.exception("smtp_intake_failed", size=len(raw))
             return self._reply(TEMPFAIL, envelope)
         finally:
@@ -154,6 +167,7 @@ def make_protocol_factory(handler: IntakeHandler, cfg: SmtpInConfig) -> Callable
 
 
 async def start_server(handler: IntakeHandler, cfg: SmtpInConfig) -> asyncio.Server:
+    check_aiosmtpd_version()
     loop = asyncio.get_running_loop()
     return await loop.create_server(make_protocol_factory(handler, cfg), host=cfg.host, port=cfg.port,
                                     reuse_address=True)

@@ -7,13 +7,26 @@ the control-flow vocabulary into row states:
 |-------------------------------------------------|-----------------|----------------------------------------------|
 | new human mail                                  | done            | ticket, article, participants, ack (guarded) |
 | follow-up (references, participant's tag)       | done            | article on the ticket, no second ack         |
+| auto-reply to our mail (threads to a ticket)    | done            | internal note (kind auto-reply); no status   |
+|                                                 |                 | change, no mail                              |
+| auto-reply that threads nowhere                 | done            | ticket without ack                           |
 | same Message-ID already an article              | ignored         | none (cross-channel duplicate)               |
-| our own mail coming back                        | ignored         | none (loop)                                  |
-| bounce / list mail without a rule               | ignored         | event (bounce matched to its outbound row)   |
+| our own mail coming back                        | ignored         | none (loop; logged)                          |
+| bounce of our mail (VERP, else DSN Message-ID)  | ignored         | outbound row failed, event on the ticket,    |
+|                                                 |                 | notice to the queue's staff (guarded)        |
+| bounce we cannot match                          | ignored         | none                                         |
+| list mail without a rule                        | ignored         | none                                         |
 | rule says ignore                                | ignored         | none                                         |
-| rule says quarantine, or `Quarantine` raised    | quarantined     | none; raw bytes kept                         |
-| database error (transient)                      | new, retried    | none; attempts+1 with backoff                |
+| rule says quarantine                            | quarantined     | none; raw bytes kept                         |
+| parse budget breached, parser failure (guarded  | quarantined     | none; raw bytes kept, reason names the limit |
+| worker: CPU, memory, wall clock)                |                 |                                              |
+| parse worker cannot start, database error       | new, retried    | none; attempts+1 with backoff                |
 | unexpected exception (a bug)                    | quarantined     | none; reason names the exception type        |
+
+Parse and classify run once, in the parse worker (`parse_guard`), never on this thread's stack, so no input
+can hang or crash processing. `Ignore`/`Quarantine` raised by a stage roll the transaction back; the row's
+outcome is then written in a second short transaction. Outcomes that carry effects (bounces) are returned
+instead, so their effects commit together with the row.
 """
 
 from __future__ import annotations
@@ -26,21 +39,19 @@ import structlog
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mail2ticket.classify import classify
 from mail2ticket.db import repo
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage, InboundState
 from mail2ticket.failpoints import failpoint
-from mail2ticket.headers import strip_control_headers
 from mail2ticket.outcomes import Ignore, Quarantine
-from mail2ticket.parse import parse
+from mail2ticket.parse_guard import ParseGuard, ParseWorkerUnavailable
 from mail2ticket.pipeline import automated, conversation
 from mail2ticket.runtime import Runtime, Services
 
 log = structlog.get_logger("mail2ticket.process")
 
 MAX_TRANSIENT_ATTEMPTS = 8
-TRANSIENT_ERRORS = (OperationalError,)
+TRANSIENT_ERRORS = (OperationalError, ParseWorkerUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +68,19 @@ class Processor:
     def __init__(self, services: Services, runtime: Callable[[], Runtime]) -> None:
         self.services = services
         self.runtime = runtime
+        self.guard = ParseGuard()
+        # What the failed transaction learnt (rolled back with it), kept for the outcome row.
+        self._defects: list[str] | None = None
+        self._kind: str | None = None
+
+    def close(self) -> None:
+        """Stop the parse worker (it also exits on its own when this process ends)."""
+        self.guard.close()
 
     def process_next(self, only: int | None = None) -> Result | None:
         """Process the oldest waiting message (or just `only`); None when there is nothing to do."""
         claimed_id: int | None = None
+        self._defects, self._kind = None, None
         try:
             with unit_of_work(self.services.factory) as session:
                 inbound = repo.claim_next_inbound(session, self.services.clock(), only=only)
@@ -78,7 +98,7 @@ class Processor:
             if claimed_id is None:
                 raise
             return self._defer(claimed_id, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug must park the message, not stop the worker
+        except Exception as exc:
             if claimed_id is None:
                 raise
             log.exception("processing_failed", inbound_id=claimed_id)
@@ -96,12 +116,17 @@ class Processor:
 
     def _finish(self, inbound_id: int, state: InboundState, reason: str) -> Result:
         with unit_of_work(self.services.factory) as session:
-            row = repo.get_inbound(session, inbound_id)
-            assert row is not None
+            row = repo.lock_waiting_inbound(session, inbound_id)
+            if row is None:  # another instance finished it after our transaction rolled back: keep its result
+                return Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
             row.state = state
             row.reason = reason[:2000]
             row.attempts += 1
             row.processed_at = self.services.clock()
+            if self._defects is not None:
+                row.defects = self._defects
+            if self._kind is not None:
+                row.classification = self._kind
             repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
         level = log.warning if state == InboundState.QUARANTINED else log.info
         level("message_" + state.value, inbound_id=inbound_id, reason=reason)
@@ -109,8 +134,9 @@ class Processor:
 
     def _defer(self, inbound_id: int, exc: Exception) -> Result:
         with unit_of_work(self.services.factory) as session:
-            row = repo.get_inbound(session, inbound_id)
-            assert row is not None
+            row = repo.lock_waiting_inbound(session, inbound_id)
+            if row is None:
+                return Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
             row.attempts += 1
             if row.attempts >= MAX_TRANSIENT_ATTEMPTS:
                 row.state = InboundState.QUARANTINED
@@ -128,16 +154,27 @@ class Processor:
         now = self.services.clock()
         bound = log.bind(inbound_id=inbound.id, message_id=inbound.message_id, mailbox=inbound.mailbox)
         assert inbound.raw is not None
-        parsed = parse(inbound.raw.data, runtime.limits)
+        self.guard.cpu_seconds = config.limits.parse_timeout
+        analysed = self.guard.analyse(inbound.raw.data, runtime.limits, envelope_from=inbound.envelope_from,
+                                      envelope_to=inbound.envelope_to,
+                                      noreply_patterns=config.loop_protection.noreply_patterns)
+        parsed, classification = analysed.parsed, analysed.classification
         inbound.defects = list(parsed.defects)[:50]
-        automated.reject_own_mail(parsed, config)
-        strip_control_headers(parsed.msg)
-        classification = classify(parsed.msg, inbound.envelope_from, inbound.envelope_to,
-                                  config.loop_protection.noreply_patterns)
         inbound.classification = classification.kind
+        self._defects, self._kind = list(inbound.defects), classification.kind
+        automated.reject_own_mail(parsed, config)
         if parsed.message_id and (dup := repo.article_with_message_id(session, parsed.message_id)) is not None:
             raise Ignore(f"duplicate of article {dup.id} (same Message-ID)")
-        automated.handle_automated(session, runtime, inbound, parsed, classification, now)
+        handled = automated.handle_automated(session, runtime, inbound, parsed, classification, now)
+        if handled is not None:
+            inbound.state = InboundState.IGNORED
+            inbound.reason = handled.reason[:2000]
+            inbound.ticket_id = handled.ticket_id
+            inbound.processed_at = now
+            inbound.attempts += 1
+            repo.add_event(session, "message_ignored", inbound_id=inbound.id, reason=handled.reason[:500])
+            bound.info("message_ignored", reason=handled.reason, classification=classification.kind)
+            return Result(inbound.id, InboundState.IGNORED, reason=handled.reason)
         ticket, outcome = conversation.handle(session, runtime, inbound, parsed, classification, now)
         inbound.state = InboundState.DONE
         inbound.ticket_id = ticket.id

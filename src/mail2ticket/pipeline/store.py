@@ -1,23 +1,30 @@
 """Store stage: write tickets, articles, attachments and participants for one parsed mail.
 
-Runs inside the orchestrator's transaction and never commits. Attachment bytes are stored once per
-sha256; file names are neutralised for display.
+Runs inside the orchestrator's transaction and never commits. Each article keeps the full text and the
+new text (quotes and signature removed); an HTML-only mail is converted to text first and its HTML is
+stored sanitised. Attachment bytes are stored once per sha256; file names are neutralised for display.
+A TNEF `winmail.dat` is replaced by the files it carries (the blob is kept when it cannot be read).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import mimetypes
+from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
 from mail2ticket.db import repo
 from mail2ticket.db.models import Article, Attachment, AttachmentContent, InboundMessage, Ticket
-from mail2ticket.parse import ParsedMail
+from mail2ticket.parse import ParsedAttachment, ParsedMail
 from mail2ticket.rules import Decision
 from mail2ticket.text.filenames import display_filename
 from mail2ticket.text.html import html_to_text, sanitize_html
 from mail2ticket.text.quotes import new_text
+from mail2ticket.text.tnef import extract_tnef
+
+TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
 
 
 def create_ticket(
@@ -30,16 +37,18 @@ def create_ticket(
     requester_name: str | None,
     language: str,
     now: dt.datetime,
+    status: str = "new",
+    subject: str | None = None,
 ) -> Ticket:
     seq = repo.next_ticket_seq(session, now.year)
     ticket = Ticket(
         number=number_format.format(year=now.year, seq=seq),
         queue=decision.queue,
-        status="new",
+        status=status,
         priority=decision.priority,
         category=decision.category,
         tags=list(decision.tags),
-        subject=parsed.subject[:1000],
+        subject=(parsed.subject if subject is None else subject)[:1000],
         requester=requester,
         requester_name=requester_name,
         language=language,
@@ -68,8 +77,10 @@ def add_inbound_article(
     kind: str = "mail",
     internal: bool = False,
     now: dt.datetime,
+    text: str | None = None,
 ) -> Article:
-    text = body_text(parsed)
+    """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines)."""
+    full = body_text(parsed) if text is None else text
     article = Article(
         ticket_id=ticket.id,
         inbound_id=inbound.id,
@@ -83,27 +94,86 @@ def add_inbound_article(
         in_reply_to=parsed.in_reply_to[0] if parsed.in_reply_to else None,
         thread_index=parsed.thread_index,
         subject=parsed.subject[:1000],
-        text=text,
-        new_text=new_text(text) if text else "",
+        text=full,
+        new_text=new_text(full) if full.strip() else "",
         html=sanitize_html(parsed.html) if parsed.html else None,
         created_at=now,
     )
     session.add(article)
     session.flush()
-    for attachment in parsed.attachments:
-        digest = hashlib.sha256(attachment.data).hexdigest()
-        if session.get(AttachmentContent, digest) is None:
-            session.add(AttachmentContent(sha256=digest, size=len(attachment.data), data=attachment.data))
-            session.flush()
-        session.add(
-            Attachment(
-                article_id=article.id,
-                filename=display_filename(attachment.filename)[:255],
-                content_type=attachment.content_type[:255],
-                size=len(attachment.data),
-                sha256=digest,
-                inline=attachment.inline,
-            )
-        )
+    for attachment in expand_attachments(parsed.attachments):
+        add_attachment(session, article, attachment)
     ticket.updated_at = now
     return article
+
+
+def add_outbound_article(
+    session: Session,
+    ticket: Ticket,
+    *,
+    sender: str,
+    sender_name: str | None,
+    recipients: list[str],
+    subject: str,
+    text: str,
+    message_id: str | None,
+    in_reply_to: str | None,
+    now: dt.datetime,
+    kind: str = "mail",
+    inbound_id: int | None = None,
+) -> Article:
+    """A message we send for the ticket (a staff reply); its Message-ID threads the citizen's answer."""
+    article = Article(
+        ticket_id=ticket.id,
+        inbound_id=inbound_id,
+        direction="out",
+        kind=kind,
+        internal=False,
+        sender=sender,
+        sender_name=sender_name,
+        recipients=recipients[:100],
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        subject=subject[:1000],
+        text=text,
+        new_text=text,
+        created_at=now,
+    )
+    session.add(article)
+    session.flush()
+    ticket.updated_at = now
+    return article
+
+
+def expand_attachments(attachments: tuple[ParsedAttachment, ...]) -> Iterator[ParsedAttachment]:
+    """The attachments as stored: TNEF containers are replaced by their files when they can be read."""
+    for attachment in attachments:
+        is_tnef = attachment.content_type.lower() in TNEF_TYPES or (
+            (attachment.filename or "").lower() == "winmail.dat")
+        if not is_tnef:
+            yield attachment
+            continue
+        files, _error = extract_tnef(attachment.data, max_files=100, max_bytes=max(len(attachment.data) * 2, 1))
+        if not files:
+            yield attachment  # unreadable: keep the blob, so nothing is lost
+            continue
+        for found in files:
+            ctype = mimetypes.guess_type(found.name or "")[0] or "application/octet-stream"
+            yield ParsedAttachment(found.name or None, ctype, found.data, inline=False)
+
+
+def add_attachment(session: Session, article: Article, attachment: ParsedAttachment) -> None:
+    digest = hashlib.sha256(attachment.data).hexdigest()
+    if session.get(AttachmentContent, digest) is None:
+        session.add(AttachmentContent(sha256=digest, size=len(attachment.data), data=attachment.data))
+        session.flush()
+    session.add(
+        Attachment(
+            article_id=article.id,
+            filename=display_filename(attachment.filename)[:255],
+            content_type=attachment.content_type[:255],
+            size=len(attachment.data),
+            sha256=digest,
+            inline=attachment.inline,
+        )
+    )

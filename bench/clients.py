@@ -1,0 +1,132 @@
+"""SMTP load generators: K smtplib clients on persistent connections, as fast as possible or at a fixed rate.
+
+Each send is MAIL, RCPT, then a timed DATA: the recorded latency runs from the DATA command to the final
+reply (so it includes the 354 round trip and the transfer of the bytes, as a relay experiences it).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.corpus import CorpusMail
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message_id: str
+    latency: float  # seconds from DATA to the final reply
+    replied_at: float  # time.monotonic() of the final reply (comparable across processes on Linux)
+    code: int
+
+
+class _Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.smtp: smtplib.SMTP | None = None
+
+    def send(self, mail: CorpusMail) -> Sent:
+        for attempt in range(3):
+            try:
+                if self.smtp is None:
+                    self.smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=120)
+                    self.smtp.ehlo("bench.localhost")
+                code, _ = self.smtp.mail(mail.mail_from)
+                if code != 250:
+                    self.smtp.rset()
+                    return Sent(mail.message_id, float("nan"), time.monotonic(), code)
+                for rcpt in mail.rcpt_to:
+                    self.smtp.rcpt(rcpt)
+                start = time.monotonic()
+                try:
+                    code, _ = self.smtp.data(mail.raw)
+                except smtplib.SMTPDataError as exc:
+                    code = exc.smtp_code
+                end = time.monotonic()
+                return Sent(mail.message_id, end - start, end, code)
+            except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError):
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            try:
+                self.smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self.smtp.close()
+            self.smtp = None
+
+
+def send_all(port: int, mails: Sequence[CorpusMail], concurrency: int) -> list[Sent]:
+    """Send every mail as fast as `concurrency` clients can; results in corpus order."""
+    results: list[Sent | None] = [None] * len(mails)
+    next_index = 0
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        nonlocal next_index
+        client = _Client(port)
+        try:
+            while True:
+                with lock:
+                    index = next_index
+                    next_index += 1
+                if index >= len(mails) or errors:
+                    return
+                results[index] = client.send(mails[index])
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
+
+
+def send_paced(port: int, mails: Sequence[CorpusMail], rate: float, concurrency: int = 16) -> list[Sent]:
+    """Open-loop load: mail i starts at t0 + i/rate whatever the previous replies took (no coordinated omission)."""
+    results: list[Sent | None] = [None] * len(mails)
+    next_index = 0
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    t0 = time.monotonic() + 0.2
+
+    def worker() -> None:
+        nonlocal next_index
+        client = _Client(port)
+        try:
+            while True:
+                with lock:
+                    index = next_index
+                    next_index += 1
+                if index >= len(mails) or errors:
+                    return
+                delay = t0 + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                results[index] = client.send(mails[index])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]

@@ -1,0 +1,192 @@
+"""Benchmark 1, SMTP ingest end to end: relay → listener → intake → processing → outbox → smarthost.
+
+The daemon runs as `python -m mail2ticket run` with `smtp_out.delivery = "smtp"` to a capturing aiosmtpd
+sink in its own process. K smtplib clients on persistent connections send N corpus mails.
+
+- Throughput: time from the first DATA until every message is a ticket/article (inbound row finished) and
+  every acknowledgement the daemon enqueued has arrived at the sink. Floor: the same clients against an
+  aiosmtpd server that only commits the bytes to SQLite (WAL, synchronous=FULL), in the same run.
+- Latency: a fresh daemon is fed at a steady 50 msg/s (open loop); DATA→250 per message, and 250→ack
+  arrival at the sink matched by the ack's In-Reply-To.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.clients import Sent, send_all, send_paced
+from bench.corpus import CorpusMail, generate, mix
+from bench.harness import (
+    Check,
+    Ctx,
+    Outcome,
+    StateProbe,
+    cpu_seconds,
+    make_app,
+    median,
+    percentile,
+    read_records,
+    rounded,
+    say,
+    start_sink,
+    start_spy,
+    stop_process,
+    stop_spy,
+)
+
+NAME = "smtp"
+RATE = 50.0
+
+
+def _latency_ms(sent: list[Sent]) -> dict[str, float]:
+    values = [s.latency * 1000 for s in sent if s.code == 250]
+    return {"p50_ms": rounded(percentile(values, 50)), "p99_ms": rounded(percentile(values, 99)),
+            "max_ms": rounded(max(values, default=float("nan")))}
+
+
+def _floor_round(ctx: Ctx, mails: list[CorpusMail], k: int) -> dict[str, Any]:
+    work = ctx.dir("smtp-floor")
+    proc, port, _ = start_sink("floor-sqlite", work, db=work / "floor.db")
+    try:
+        start = time.monotonic()
+        sent = send_all(port, mails, k)
+        seconds = time.monotonic() - start
+    finally:
+        stop_process(proc)
+    return {"seconds": seconds, "msg_per_s": len(mails) / seconds, **_latency_ms(sent)}
+
+
+def _daemon(ctx: Ctx, work: Path, database_url: str, sink_port: int) -> tuple[Any, Any]:
+    app = make_app(work, database_url)
+    app.set("smtp_out", delivery="smtp", host="127.0.0.1", port=sink_port, security="none",
+            retry_initial_seconds=1, retry_max_seconds=2)
+    app.set("smtp_in", max_connections=200)
+    daemon = app.start()
+    return app, daemon
+
+
+def _wait_drained(probe: StateProbe, record: Path, n: int, timeout: float) -> tuple[float, dict[str, int]]:
+    """Poll until every inbound row is finished and every enqueued ack reached the sink; returns (t, outbound)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        if probe.finished() >= n:
+            outbound = probe.outbound()
+            pending = outbound.get("queued", 0) + outbound.get("sending", 0)
+            sent = outbound.get("sent", 0)
+            if pending == 0 and len(read_records(record)) >= sent:
+                return now, outbound
+        if now > deadline:
+            raise TimeoutError(f"not drained after {timeout:.0f}s: inbound {probe.inbound()}, "
+                               f"outbound {probe.outbound()}")
+        time.sleep(0.05)
+
+
+def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path | None) -> dict[str, Any]:
+    work = ctx.dir("smtp")
+    sink, sink_port, record = start_sink("capture", work)
+    spy = None
+    try:
+        with ctx.backend.database(work) as url:
+            app, daemon = _daemon(ctx, work, url, sink_port)
+            probe = StateProbe(url)
+            try:
+                spy = start_spy(daemon.proc.pid, profile)
+                cpu0 = cpu_seconds(daemon.proc.pid)
+                start = time.monotonic()
+                sent = send_all(app.smtp_port, mails, k)
+                accepted_at = time.monotonic()
+                done_at, outbound = _wait_drained(probe, record, len(mails), timeout=max(180, len(mails) / 5))
+                cpu = cpu_seconds(daemon.proc.pid) - cpu0
+                inbound = probe.inbound()
+            finally:
+                probe.close()
+                stop_spy(spy)
+                daemon.stop(timeout=60)
+    finally:
+        stop_process(sink)
+    seconds = done_at - start
+    refused = sum(1 for s in sent if s.code != 250)
+    return {
+        "seconds": seconds, "msg_per_s": len(mails) / seconds,
+        "accept_seconds": accepted_at - start, "accept_msg_per_s": len(mails) / (accepted_at - start),
+        "daemon_cpu_ms_per_msg": cpu * 1000 / len(mails), "refused": refused,
+        "inbound": inbound, "outbound": outbound, **_latency_ms(sent),
+    }
+
+
+def _paced_round(ctx: Ctx, mails: list[CorpusMail]) -> dict[str, Any]:
+    work = ctx.dir("smtp-paced")
+    sink, sink_port, record = start_sink("capture", work)
+    try:
+        with ctx.backend.database(work) as url:
+            app, daemon = _daemon(ctx, work, url, sink_port)
+            probe = StateProbe(url)
+            try:
+                start = time.monotonic()
+                sent = send_paced(app.smtp_port, mails, RATE)
+                send_seconds = time.monotonic() - start
+                _wait_drained(probe, record, len(mails), timeout=max(120, len(mails) / 5))
+            finally:
+                probe.close()
+                daemon.stop(timeout=60)
+    finally:
+        stop_process(sink)
+    replied = {s.message_id: s.replied_at for s in sent if s.code == 250}
+    to_ack = [(t - replied[irt]) * 1000 for t, irt, _ in read_records(record) if irt in replied]
+    return {"offered_msg_per_s": len(mails) / send_seconds, **_latency_ms(sent), "acks": len(to_ack),
+            "ack_p50_ms": rounded(percentile(to_ack, 50)), "ack_p99_ms": rounded(percentile(to_ack, 99)),
+            "ack_max_ms": rounded(max(to_ack, default=float("nan")))}
+
+
+def run(ctx: Ctx) -> Outcome:
+    n = ctx.size("smtp", 5000, 300)
+    paced_n = ctx.size("smtp_paced", 1500, 150)
+    k = ctx.size("smtp_clients", 8, 4)
+    rounds = ctx.rounds(3)
+    mails = generate(n, ctx.seed)
+    paced = generate(paced_n, ctx.seed + 1)
+    out = Outcome(NAME, (
+        f"{k} smtplib clients (persistent connections) send N={n} corpus mails {dict(mix(mails))} to the daemon "
+        f"(`mail2ticket run`, SMTP delivery to an aiosmtpd sink in its own process). Time = first DATA until "
+        f"every inbound row is finished and every enqueued ack arrived at the sink. Floor = same clients against "
+        f"an aiosmtpd handler that only commits the bytes to SQLite (WAL, synchronous=FULL). Latency phase: "
+        f"{paced_n} other mails at a steady {RATE:.0f} msg/s (open loop) to a fresh daemon. {rounds} round(s), "
+        f"medians."))
+    for i in range(rounds):
+        profile = ctx.profile_dir / f"pyspy-smtp-{ctx.backend.name}.txt" if ctx.profile_dir and i == 0 else None
+        floor = _floor_round(ctx, mails, k)
+        say(f"  round {i + 1}: floor {floor['msg_per_s']:.0f} msg/s (p99 DATA→250 {floor['p99_ms']} ms)")
+        result = _throughput_round(ctx, mails, k, profile)
+        say(f"  round {i + 1}: daemon {result['msg_per_s']:.1f} msg/s end to end, accepted at "
+            f"{result['accept_msg_per_s']:.0f} msg/s, p99 DATA→250 {result['p99_ms']} ms, "
+            f"{result['daemon_cpu_ms_per_msg']:.1f} ms CPU/msg, outbound {result['outbound']}")
+        out.rounds.append({"floor": floor, "daemon": result})
+    paced_result = _paced_round(ctx, paced)
+    say(f"  paced {RATE:.0f} msg/s: DATA→250 p50 {paced_result['p50_ms']} p99 {paced_result['p99_ms']} ms; "
+        f"250→ack p50 {paced_result['ack_p50_ms']} p99 {paced_result['ack_p99_ms']} ms ({paced_result['acks']} acks)")
+    msgs = median([r["daemon"]["msg_per_s"] for r in out.rounds])
+    floor_msgs = median([r["floor"]["msg_per_s"] for r in out.rounds])
+    out.figures = {
+        "n": n, "clients": k, "rounds": rounds,
+        "msg_per_s": rounded(msgs), "floor_msg_per_s": rounded(floor_msgs), "ratio_to_floor": rounded(msgs / floor_msgs),
+        "accept_msg_per_s": rounded(median([r["daemon"]["accept_msg_per_s"] for r in out.rounds])),
+        "data_250_p50_ms_at_full_load": rounded(median([r["daemon"]["p50_ms"] for r in out.rounds])),
+        "data_250_p99_ms_at_full_load": rounded(median([r["daemon"]["p99_ms"] for r in out.rounds])),
+        "floor_data_250_p99_ms": rounded(median([r["floor"]["p99_ms"] for r in out.rounds])),
+        "daemon_cpu_ms_per_msg": rounded(median([r["daemon"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
+        "paced": paced_result,
+    }
+    sqlite = ctx.backend.name == "sqlite"
+    out.checks = [
+        Check("SMTP ingest end to end ≥ 300 msg/s", f"{msgs:.1f} msg/s", msgs >= 300 if sqlite else None),
+        Check("p99 DATA→250 < 50 ms at 50 msg/s", f"{paced_result['p99_ms']} ms",
+              paced_result["p99_ms"] < 50 if sqlite else None),
+        Check("p99 250→ack delivered < 1 s at 50 msg/s", f"{paced_result['ack_p99_ms']} ms",
+              paced_result["ack_p99_ms"] < 1000 if sqlite else None),
+    ]
+    if paced_result["offered_msg_per_s"] < RATE * 0.9:
+        out.notes.append(f"the paced phase only reached {paced_result['offered_msg_per_s']:.1f} msg/s offered load")
+    return out

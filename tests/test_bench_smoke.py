@@ -1,0 +1,42 @@
+"""Smoke test of the benchmark suite: `python -m bench --quick` runs and writes its JSON (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(out: Path, *args: str) -> dict[str, object]:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    latest = json.loads((out / "latest.json").read_text(encoding="utf-8"))
+    stamped = [p for p in out.glob("*.json") if p.name != "latest.json"]
+    assert len(stamped) == 1
+    assert json.loads(stamped[0].read_text(encoding="utf-8")) == latest
+    return dict(latest)
+
+
+def test_rules_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
+    """`python -m bench --quick --only rules` exits 0 and records per-rule-count costs and the 1,000-rule check."""
+    report = run_bench(tmp_path, "--only", "rules", "--size", "rules_mails=20")
+    rules = report["results"]["sqlite"]["rules"]  # type: ignore[index]
+    assert set(rules["figures"]["us_per_msg"]) == {"0", "10", "100", "1000"}
+    assert rules["checks"][0]["target"].startswith("1,000 rules")
+    assert report["failures"] == []
+
+
+@pytest.mark.slow
+def test_processing_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
+    """The processing benchmark stores mail with the real CLI, drains it and reports rate and floor in the JSON."""
+    report = run_bench(tmp_path, "--only", "processing", "--size", "processing=20")
+    processing = report["results"]["sqlite"]["processing"]  # type: ignore[index]
+    assert processing["rounds"][0]["processed"] == 20
+    assert processing["figures"]["floor_msg_per_s"] > 0
+    assert report["failures"] == []
