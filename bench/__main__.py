@@ -40,6 +40,7 @@ BENCHMARKS: dict[str, tuple[str, bool]] = {
     "memory": ("bench.memory", False),
     "import": ("bench.backlog", False),
     "idle": ("bench.idle", False),
+    "multi": ("bench.multi_instance", False),
 }
 
 

@@ -86,6 +86,9 @@ def test_three_boxes_in_parallel_move_flag_and_delete(
         add_mailbox(app, dovecot, user, name=after.split(":")[0], after=after)
     daemon = start()
     wait_until(lambda: count(app, Ticket) == 6, timeout=30, message="6 tickets")
+    # The server action follows the intake commit, so it may finish a moment after the ticket exists.
+    wait_until(lambda: count(app, ImapAction, ImapAction.state != ActionState.DONE) == 0, timeout=30,
+               message="server actions done")
     assert {t["queue"] for t in app.tickets()} == {"bauamt"}
     moved, flagged, deleted = users
     assert dovecot.uids(moved) == [] and dovecot.uids(moved, "Processed") == [1, 2]
@@ -130,7 +133,8 @@ def test_kill_after_commit_before_server_action(
     wait_until(lambda: dovecot.uids(dovecot_user, "Processed") == [1], timeout=20, message="move replayed")
     wait_until(lambda: count(app, Ticket) == 1, timeout=20, message="one ticket")
     assert count(app, InboundMessage) == 1
-    assert count(app, ImapAction, ImapAction.state == ActionState.DONE) == 1
+    wait_until(lambda: count(app, ImapAction, ImapAction.state == ActionState.DONE) == 1, timeout=20,
+               message="replayed action marked done")
     daemon.stop()
     assert len(app.tickets()) == 1
 

@@ -73,6 +73,10 @@ def _any(regex: re.Pattern[str], values: Sequence[str | None]) -> bool:
     return any(v is not None and regex.search(v) for v in values)
 
 
+def _header_check(rx: re.Pattern[str], key: str) -> Check:
+    return lambda f: _any(rx, [normalize(v) for v in f.parsed.header(key)])
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     config: RuleConfig
@@ -106,7 +110,7 @@ def compile_rule(rule: RuleConfig) -> CompiledRule:
     for name, pattern in m.headers.items():
         rx_h = _compile_pattern(pattern)
         key = name.lower()
-        checks.append(lambda f, rx=rx_h, k=key: _any(rx, [normalize(v) for v in f.parsed.header(k)]))
+        checks.append(_header_check(rx_h, key))
     # Costly text checks last, so cheap ones short-circuit them.
     if m.subject is not None:
         rx_subject = _compile_pattern(m.subject)
@@ -150,10 +154,11 @@ class Router:
             if not rule.continue_:
                 break
         queue = self._config.queue_by_name(queue_override or queue_name)
+        template: str | None
         if reply is None:
             template = queue.ack_template if queue.acknowledge else None
         else:
-            template = reply or None
+            template = reply if isinstance(reply, str) and reply else None
         return Decision(
             rule=rule_name,
             action=action,

@@ -38,7 +38,11 @@ def open_services(config: Config, *, upgrade_embedded: bool = True) -> tuple[Run
     runtime = Runtime.build(config)
     services = Services.build(config)
     if upgrade_embedded:
-        prepare_database(runtime, services)
+        try:
+            prepare_database(runtime, services)
+        except BaseException:
+            services.close()
+            raise
     return runtime, services
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from mail2ticket.classify import classify
+from mail2ticket.config import Config
 from mail2ticket.cli.common import CliError, EX_DATAERR, load, open_services, print_json
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import parse
 from mail2ticket.rules import MailFacts
+from mail2ticket.runtime import Runtime, Services
 from mail2ticket.thread import find_thread
 
 
@@ -29,6 +31,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_test(args: argparse.Namespace) -> int:
     config = load(args)
     runtime, services = open_services(config)
+    try:
+        return _dry_run(args, config, runtime, services)
+    finally:
+        services.close()
+
+
+def _dry_run(args: argparse.Namespace, config: Config, runtime: Runtime, services: Services) -> int:
     try:
         raw = args.file.read_bytes()
     except OSError as exc:

@@ -19,11 +19,12 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 log = structlog.get_logger("mail2ticket.db")
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Short enough that SMTP answers 451 within ~5 s while another process holds the lock (T03).
+SQLITE_BUSY_TIMEOUT_MS = 4_000
 # A processing transaction idles between statements only for parsing and rendering one message (bounded by
 # the parse budget); five minutes without a statement means the holder is stuck, and its claim must go.
 PG_IDLE_IN_TRANSACTION_MS = 300_000
@@ -39,7 +40,10 @@ class DurabilityError(RuntimeError):
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, poolclass=NullPool)
+        # A pool keeps connections open: with NullPool every transaction reconnected, re-ran the PRAGMAs and
+        # checkpointed the WAL when the last connection closed (measured 3.7 ms → 1.4 ms per intake store).
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                               poolclass=QueuePool, pool_size=pool_size, max_overflow=pool_size)
         _configure_sqlite(engine)
         return engine
     if url.startswith(("postgresql://", "postgres://")):

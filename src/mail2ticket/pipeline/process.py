@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db import repo
@@ -51,7 +51,8 @@ from mail2ticket.runtime import Runtime, Services
 log = structlog.get_logger("mail2ticket.process")
 
 MAX_TRANSIENT_ATTEMPTS = 8
-TRANSIENT_ERRORS = (OperationalError, ParseWorkerUnavailable)
+# IntegrityError: another instance won a race on a unique key (participant, dedupe key); a retry sees its row.
+TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ import re
 from html import unescape
 
 import nh3
-from inscriptis import get_text  # type: ignore[import-untyped]  # ships no py.typed
-from inscriptis.css_profiles import CSS_PROFILES  # type: ignore[import-untyped]
-from inscriptis.model.config import ParserConfig  # type: ignore[import-untyped]
+from inscriptis import get_text
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
 
 __all__ = ["html_to_text", "sanitize_html"]
 

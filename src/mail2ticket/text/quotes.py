@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mailparser_reply.parser import EmailMessage  # type: ignore[import-untyped]  # ships no py.typed
+from mailparser_reply.parser import EmailMessage
 
 __all__ = ["new_text"]
 
