@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mail2ticket import daemon
+from mail2ticket.stages import Stage
 from mail2ticket.cli.common import build_deliverer, load
 from mail2ticket.config.load import config_path
 from mail2ticket.ingress import imap
@@ -27,8 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         services.close()
 
 
-def _extra_stages(d: daemon.Daemon) -> list[daemon.Stage]:
+def _extra_stages(d: daemon.Daemon) -> list[Stage]:
     """Stages beyond SMTP, processing and outbox: one IMAP worker per configured mailbox folder."""
-    stages: list[daemon.Stage] = []
+    stages: list[Stage] = []
     stages.extend(imap.build_stages(d.runtime().config, d.services, d.config_path, d.wake_processing))
     return stages

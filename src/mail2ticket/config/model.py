@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from mail2ticket.config.base import ADDRESS_RE, Strict, check_address as _check_address, is_loopback as _is_loopback
+from mail2ticket.config.base import Strict, check_address as _check_address, is_loopback as _is_loopback
 from mail2ticket.config.conversation import ConversationConfig
 from mail2ticket.config.operations import OperationsConfig
 

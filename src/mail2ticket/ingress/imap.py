@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mail2ticket.config import Config
 from mail2ticket.config.model import MailboxConfig
-from mail2ticket.daemon import Heartbeat
+from mail2ticket.stages import Heartbeat
 from mail2ticket.db import leases
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.ingress.imap_conn import (
