@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import email
 import email.errors
-import os
 import re
 import unicodedata
-from collections.abc import Callable
 from email import policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +26,7 @@ from mail2ticket.headers import (
     set_header,
     strip_control_headers,
 )
+from tests.support.corpus import corpus_dir
 
 EVIL_EW = "=?utf-8?q?x=0D=0ABcc:_evil@x?="
 NASTY_PIECES = [
@@ -511,28 +509,10 @@ def test_strip_control_headers_removes_inbound_control_headers() -> None:
 # Real-world corpora
 
 
-def _fallback_corpus_dir() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
-    if not path.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"corpus folder {path} missing in CI")
-        pytest.skip(f"corpus folder {path} missing")
-    return path
-
-
-def _corpus_dir_helper() -> Callable[[], Path]:
-    try:
-        from tests.support.corpus import corpus_dir  # the shared helper, once it exists
-    except ImportError:
-        return _fallback_corpus_dir
-    helper: Callable[[], Path] = corpus_dir
-    return helper
-
-
 @pytest.mark.corpus
 def test_corpus_address_headers_never_raise() -> None:
     """Every From/To/Cc/Reply-To/Sender in the real-world corpora parses without error into clean values."""
-    root = _corpus_dir_helper()()
+    root = corpus_dir()
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix in {".eml", ".msg", ".txt"}]
     assert files
     seen = 0

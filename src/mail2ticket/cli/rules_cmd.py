@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from mail2ticket.classify import classify
+from mail2ticket.cli.common import EX_DATAERR, CliError, load, open_services, print_json
 from mail2ticket.config import Config
-from mail2ticket.cli.common import CliError, EX_DATAERR, load, open_services, print_json
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import parse
+from mail2ticket.pipeline.conversation import addressed_queues
 from mail2ticket.rules import MailFacts
 from mail2ticket.runtime import Runtime, Services
 from mail2ticket.thread import find_thread
@@ -50,15 +51,8 @@ def _dry_run(args: argparse.Namespace, config: Config, runtime: Runtime, service
                                   "followup_of": None, "classification": None}
         return _emit(args, result)
     classification = classify(parsed.msg, args.sender, args.to, config.loop_protection.noreply_patterns)
-    own = config.own_addresses
-    by_address = {a: q.name for q in config.queue for a in (q.address, *q.aliases)}
-    arrival: list[str] = []
-    for addr in [*(a.lower() for a in args.to), *parsed.to, *parsed.cc]:
-        local, _, domain = addr.partition("@")
-        for candidate in (addr, local.split("+", 1)[0] + "@" + domain):
-            if candidate in own and by_address[candidate] not in arrival:
-                arrival.append(by_address[candidate])
-    decision = runtime.router.route(MailFacts(parsed, classification.kind, tuple(arrival)))
+    arrival = addressed_queues(config, args.to, None, parsed)
+    decision = runtime.router.route(MailFacts(parsed, classification.kind, arrival))
     with unit_of_work(services.factory) as session:
         thread = find_thread(session, parsed, runtime.tag_pattern, config=config, secret=runtime.secret,
                              envelope_to=args.to)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -134,22 +135,28 @@ def followup(session: Session, runtime: Runtime, inbound: InboundMessage, parsed
 
 
 def arrival_queues(runtime: Runtime, inbound: InboundMessage, parsed: ParsedMail) -> tuple[str, ...]:
-    """Queues addressed by this mail: envelope recipients first, then To/Cc, then the mailbox's queue."""
-    config = runtime.config
+    """Queues addressed by this stored mail (see `addressed_queues`)."""
+    return addressed_queues(runtime.config, inbound.envelope_to, inbound.mailbox, parsed)
+
+
+def addressed_queues(config: Config, envelope_to: Sequence[str], mailbox: str | None,
+                     parsed: ParsedMail) -> tuple[str, ...]:
+    """Queues addressed by a mail: envelope recipients first, then To/Cc (plus-tags ignored), then the
+    queue of the IMAP mailbox it came from."""
     by_address: dict[str, str] = {}
     for q in config.queue:
         for addr in (q.address, *q.aliases):
             by_address[addr] = q.name
     found: list[str] = []
-    for addr in [*inbound.envelope_to, *parsed.to, *parsed.cc]:
+    for addr in [*envelope_to, *parsed.to, *parsed.cc]:
         lowered = addr.lower()
         local, _, domain = lowered.partition("@")
         base = local.split("+", 1)[0] + "@" + domain
         for candidate in (lowered, base):
             if candidate in by_address and by_address[candidate] not in found:
                 found.append(by_address[candidate])
-    if inbound.mailbox:
-        box = next((m for m in config.mailbox if m.name == inbound.mailbox), None)
+    if mailbox:
+        box = next((m for m in config.mailbox if m.name == mailbox), None)
         if box is not None and box.queue and box.queue not in found:
             found.append(box.queue)
     return tuple(found)
