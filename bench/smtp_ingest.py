@@ -8,6 +8,10 @@ sink in its own process. K smtplib clients on persistent connections send N corp
   aiosmtpd server that only commits the bytes to SQLite (WAL, synchronous=FULL), in the same run.
 - Latency: a fresh daemon is fed at a steady 50 msg/s (open loop); DATA→250 per message, and 250→ack
   arrival at the sink matched by the ack's In-Reply-To.
+- Intake alone: the same N mails to a fresh daemon whose processing stage is parked (failpoint
+  `process.step:sleep`), so the listener and the intake group commit are measured without processing
+  competing for the CPU and SQLite's write lock; accept rate, DATA→250 and CPU per message, and the ratio
+  of the accept rate to the floor of the same round.
 """
 
 from __future__ import annotations
@@ -58,13 +62,31 @@ def _floor_round(ctx: Ctx, mails: list[CorpusMail], k: int) -> dict[str, Any]:
     return {"seconds": seconds, "msg_per_s": len(mails) / seconds, **_latency_ms(sent)}
 
 
-def _daemon(ctx: Ctx, work: Path, database_url: str, sink_port: int) -> tuple[Any, Any]:
+def _daemon(ctx: Ctx, work: Path, database_url: str, sink_port: int,
+            env: dict[str, str] | None = None) -> tuple[Any, Any]:
     app = make_app(work, database_url)
     app.set("smtp_out", delivery="smtp", host="127.0.0.1", port=sink_port, security="none",
             retry_initial_seconds=1, retry_max_seconds=2)
     app.set("smtp_in", max_connections=200)
-    daemon = app.start()
+    daemon = app.start(env=env)
     return app, daemon
+
+
+def _intake_round(ctx: Ctx, mails: list[CorpusMail], k: int) -> dict[str, Any]:
+    """Listener + intake only: processing parked, so nothing else takes the CPU or the write lock."""
+    work = ctx.dir("smtp-intake")
+    with ctx.backend.database(work) as url:
+        app, daemon = _daemon(ctx, work, url, 9, env={"M2T_FAILPOINT": "process.step:sleep=3600"})
+        try:
+            cpu0 = cpu_seconds(daemon.proc.pid)
+            start = time.monotonic()
+            sent = send_all(app.smtp_port, mails, k)
+            seconds = time.monotonic() - start
+            cpu = cpu_seconds(daemon.proc.pid) - cpu0
+        finally:
+            daemon.kill()
+    return {"msg_per_s": len(mails) / seconds, "daemon_cpu_ms_per_msg": cpu * 1000 / len(mails),
+            "refused": sum(1 for s in sent if s.code != 250), **_latency_ms(sent)}
 
 
 def _wait_drained(probe: StateProbe, record: Path, n: int, timeout: float) -> tuple[float, dict[str, int]]:
@@ -163,7 +185,12 @@ def run(ctx: Ctx) -> Outcome:
         say(f"  round {i + 1}: daemon {result['msg_per_s']:.1f} msg/s end to end, accepted at "
             f"{result['accept_msg_per_s']:.0f} msg/s, p99 DATA→250 {result['p99_ms']} ms, "
             f"{result['daemon_cpu_ms_per_msg']:.1f} ms CPU/msg, outbound {result['outbound']}")
-        out.rounds.append({"floor": floor, "daemon": result})
+        intake = _intake_round(ctx, mails, k)
+        intake["ratio_to_floor"] = intake["msg_per_s"] / floor["msg_per_s"]
+        say(f"  round {i + 1}: intake alone (processing parked) {intake['msg_per_s']:.0f} msg/s "
+            f"({intake['ratio_to_floor']:.2f} × floor), p99 DATA→250 {intake['p99_ms']} ms, "
+            f"{intake['daemon_cpu_ms_per_msg']:.2f} ms CPU/msg")
+        out.rounds.append({"floor": floor, "daemon": result, "intake": intake})
     paced_result = _paced_round(ctx, paced)
     say(f"  paced {RATE:.0f} msg/s: DATA→250 p50 {paced_result['p50_ms']} p99 {paced_result['p99_ms']} ms; "
         f"250→ack p50 {paced_result['ack_p50_ms']} p99 {paced_result['ack_p99_ms']} ms ({paced_result['acks']} acks)")
@@ -178,6 +205,10 @@ def run(ctx: Ctx) -> Outcome:
         "floor_data_250_p99_ms": rounded(median([r["floor"]["p99_ms"] for r in out.rounds])),
         "daemon_cpu_ms_per_msg": rounded(median([r["daemon"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
         "paced": paced_result,
+        "intake_alone_msg_per_s": rounded(median([r["intake"]["msg_per_s"] for r in out.rounds])),
+        "intake_alone_ratio_to_floor": rounded(median([r["intake"]["ratio_to_floor"] for r in out.rounds])),
+        "intake_alone_data_250_p99_ms": rounded(median([r["intake"]["p99_ms"] for r in out.rounds])),
+        "intake_alone_cpu_ms_per_msg": rounded(median([r["intake"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
     }
     sqlite = ctx.backend.name == "sqlite"
     out.checks = [

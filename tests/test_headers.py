@@ -538,3 +538,14 @@ def test_unfoldable_display_name_is_dropped_not_fatal() -> None:
     set_address(msg, "From", "0" * 41 + ":" + "0" * 28 + "=?=?", "buergeramt@stadt.example")
     _, parsed = _roundtrip(msg)
     assert [a.addr_spec for a in parsed["From"].addresses] == ["buergeramt@stadt.example"]
+
+
+def test_unsafe_character_check_is_exactly_the_category_rule() -> None:
+    """The one-regex check refuses exactly line breaks, Cc except TAB, and lone surrogates, over all code points."""
+    from mail2ticket.headers import _LINE_BREAKS, _has_unsafe_char
+
+    def by_category(ch: str) -> bool:
+        cat = unicodedata.category(ch)
+        return ch in _LINE_BREAKS or (cat == "Cc" and ch != "\t") or cat == "Cs"
+
+    assert [c for c in range(0x110000) if _has_unsafe_char(chr(c)) != by_category(chr(c))] == []

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mail2ticket.classify import classify
 from mail2ticket.outcomes import Quarantine
-from mail2ticket.parse import Limits, parse
+from mail2ticket.parse import Limits, longest_line, parse
 from mail2ticket.parse_guard import ParseGuard
 
 HEAD = b"From: Erika <erika@example.org>\nTo: buergerbuero@stadt.example\nSubject: Test\nMessage-ID: <h@example.org>\n"
@@ -143,3 +143,9 @@ def test_mangled_mime_never_raises_anything_but_quarantine(pieces: list[bytes]) 
     assert isinstance(parsed.text, str) and "\x00" not in parsed.text
     assert isinstance(parsed.subject, str) and "\n" not in parsed.subject and "\r" not in parsed.subject
     classify(parsed.msg, "", ["bounces+1-abc@stadt.example"])
+
+
+@given(st.binary(max_size=200).map(lambda b: b.replace(b"x", b"\r").replace(b"y", b"\n")), st.integers(1, 64))
+def test_the_line_length_limit_sees_lines_across_chunk_borders(data: bytes, chunk: int) -> None:
+    """The over-long-line check reads big mails in pieces; it must find the same longest line as a plain split."""
+    assert longest_line(data, chunk) == max((len(line) for line in data.splitlines()), default=0)

@@ -82,6 +82,19 @@ requester = "reply-to"
     assert r.route(facts(miss)).rule is None
 
 
+def test_a_glob_without_wildcards_matches_only_that_exact_address() -> None:
+    """A glob covers the whole value: "amt4@stadt.example" must not also catch "xamt4@stadt.example"."""
+    r = router("""
+[[rule]]
+name = "amt4"
+match = { from = { glob = "amt4@stadt.example" } }
+queue = "bauamt"
+""")
+    assert r.route(facts(citizen_mail(sender="amt4@stadt.example"))).rule == "amt4"
+    assert r.route(facts(citizen_mail(sender="xamt4@stadt.example"))).rule is None
+    assert r.route(facts(citizen_mail(sender="boss.amt4@stadt.example"))).rule is None
+
+
 def test_rules_match_normalised_text_so_invisible_characters_do_not_dodge_them() -> None:
     """Zero-width characters and full-width letters in a subject still match the admin's plain-text rule (T37)."""
     r = router("""

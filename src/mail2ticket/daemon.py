@@ -39,11 +39,13 @@ import structlog
 
 from mail2ticket.config import ConfigError, load_config
 from mail2ticket.config.operations import OperationsConfig
-from mail2ticket.db.engine import check_durability, unit_of_work
+from mail2ticket.db.engine import check_durability, read_only, unit_of_work
 from mail2ticket.db.schema import ensure_schema
+from mail2ticket.group_commit import GroupCommitter
 from mail2ticket.http import Response, start_http
 from mail2ticket.ingress.smtp import IntakeHandler, start_server
-from mail2ticket.intake import Envelope, Stored, store
+from mail2ticket.intake import Envelope, Stored
+from mail2ticket.malloc_tuning import tune as tune_malloc
 from mail2ticket.metrics import (
     CONTENT_TYPE,
     Metrics,
@@ -90,6 +92,12 @@ class RecordingDeliverer:
         self.handled.append(message_id)
         self.inner.deliver(envelope_from, recipient, raw, message_id)
 
+    def close(self) -> None:
+        """QUIT a kept smarthost connection (folder delivery has none)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
 
 class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
@@ -111,8 +119,8 @@ class Daemon:
                                    services.clock)
         self.intake_pool = ThreadPoolExecutor(max_workers=config.daemon.worker_threads, thread_name_prefix="intake")
         self.status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
-        self.handler = IntakeHandler(lambda: self.runtime().config, self._store, self.intake_pool,
-                                     config.smtp_in.protocol)
+        self.committer = GroupCommitter(services.factory, self.intake_pool, on_stored=self.note_received)
+        self.handler = IntakeHandler(lambda: self.runtime().config, self.committer, config.smtp_in.protocol)
         common: dict[str, Any] = {"max_failures": self.ops.stage_max_failures,
                                   "backoff_max": self.ops.stage_backoff_max_seconds,
                                   "on_failure": self._count_failure}
@@ -135,11 +143,6 @@ class Daemon:
 
     # --- wiring between stages -----------------------------------------------------------------------
 
-    def _store(self, raw: bytes, envelope: Envelope) -> Stored:
-        stored = store(self.services.factory, raw, envelope)
-        self.note_received(envelope, stored)
-        return stored
-
     def note_received(self, envelope: Envelope, stored: Stored) -> None:
         """Every ingress calls this after its intake commit (counts it, wakes processing); thread-safe."""
         self.metrics.received.labels(channel(envelope.source, envelope.mailbox), str(stored.duplicate).lower()).inc()
@@ -151,14 +154,16 @@ class Daemon:
             self._loop.call_soon_threadsafe(self.process_wake.set)
 
     def _process_step(self) -> bool:
-        result = self.processor.process_next()
-        if result is None:
+        results = self.processor.process_batch()
+        if not results:
             return False
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.outbox_wake.set)
         with contextlib.suppress(Exception):  # metrics must never fail a processed message
-            with unit_of_work(self.services.factory) as session:
-                info = processed_info(session, result.inbound_id)
-            if info is not None:
-                count_processed(self.metrics, result.state, info)
+            with read_only(self.services.factory) as session:
+                for result in results:
+                    if (info := processed_info(session, result.inbound_id)) is not None:
+                        count_processed(self.metrics, result.state, info)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.outbox_wake.set)
         return True
@@ -191,6 +196,7 @@ class Daemon:
                             (signal.SIGHUP, self.request_reload)):
             self._loop.add_signal_handler(sig, action)
         if config.smtp_in.enabled:
+            self.committer.start()
             self.server = await start_server(self.handler, config.smtp_in)
             log.info("smtp_listening", address=_bound(self.server), protocol=config.smtp_in.protocol)
         if self.ops.http_enabled:
@@ -225,6 +231,9 @@ class Daemon:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks, return_exceptions=True)
         self.intake_pool.shutdown(wait=True)
+        self.committer.close(timeout=30)
+        with contextlib.suppress(Exception):  # the mails are sent; a failing QUIT must not fail the shutdown
+            self.deliverer.close()
         if self.http is not None:
             self.http.close()
         self.status_pool.shutdown(wait=False, cancel_futures=True)
@@ -379,6 +388,7 @@ def prepare_database(runtime: Runtime, services: Services) -> None:
 
 def run(config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
         extra_stages: Callable[[Daemon], list[Stage]] | None = None) -> int:
+    log.info("malloc_tuned", settings=tune_malloc())
     prepare_database(runtime, services)
 
     async def main() -> int:

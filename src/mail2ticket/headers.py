@@ -16,6 +16,11 @@ Python 3.11.7 lacks the fixes for two stdlib bugs, so this module does not rely 
   ``email.headerregistry`` (``email._header_value_parser``), accept only mailboxes it reports as valid, and then
   apply our own, stricter addr-spec check (dot-atom local part, LDH host name, IDNA 2008 A-labels via ``idna``).
 
+Generated mail is written either as an ``EmailMessage`` (:func:`set_header`, :func:`set_address`,
+:func:`serialize_checked`) or line by line (:func:`header_line`, :func:`address_line`, :func:`check_wire_message`),
+with the same checks and the same bytes; the line-by-line path skips the email package for plain short ASCII values
+whose wire form is provably the value itself.
+
 Generated mail is serialised with ``policy.SMTP`` (7-bit headers, no SMTPUTF8), so addresses with a non-ASCII local
 part can be *matched* (:func:`normalize_address` keeps them) but not *written* (:func:`format_address` and
 :func:`envelope_address` raise :class:`UnsafeValue`; the outbox should treat that as a permanent failure).
@@ -25,19 +30,25 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from email import _header_value_parser as _parser
 from email import policy as _policy
 from email.headerregistry import Address, AddressHeader, BaseHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
 
 import idna
 
 __all__ = [
     "UnsafeValue",
+    "address_line",
+    "check_wire_message",
     "clean_text",
     "envelope_address",
     "format_address",
+    "header_line",
     "message_id",
     "normalize_address",
     "parse_address_list",
@@ -57,6 +68,9 @@ _LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 # Unicode categories removed from display text: controls, format chars (bidi overrides/isolates, zero-width
 # chars, BOM, soft hyphen, tag chars), lone surrogates, line/paragraph separators.
 _DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# What _has_unsafe_char looks for, as one character class: every line break above, category Cc (exactly U+0000-U+001F
+# and U+007F-U+009F; Unicode keeps that set fixed) except TAB, and category Cs (exactly U+D800-U+DFFF).
+_UNSAFE_CHAR_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 _FTEXT_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 field name; 76 so "Name: " fits in 78
 _ATOM_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+")
@@ -105,13 +119,7 @@ def clean_text(value: str | None, *, max_len: int = 200, ellipsis: str = "…") 
 
 def _has_unsafe_char(value: str) -> bool:
     """True if value contains a line break, NUL or other control character (TAB excepted) or a lone surrogate."""
-    for ch in value:
-        if ch in _LINE_BREAKS:
-            return True
-        cat = unicodedata.category(ch)
-        if (cat == "Cc" and ch != "\t") or cat == "Cs":
-            return True
-    return False
+    return _UNSAFE_CHAR_RE.search(value) is not None
 
 
 def _defang_encoded_words(value: str) -> str:
@@ -323,15 +331,27 @@ def set_header(msg: EmailMessage, name: str, value: str) -> None:
     back, it must mean exactly the same.  Python 3.11.7 also mis-folds some multi-address lists with non-ASCII
     display names (gh-100884 / CVE-2025-1795: the separating comma becomes an encoded word and an address is lost);
     such a list is written as bare addresses instead."""
+    policy = msg.policy
+    if not isinstance(policy, EmailPolicy):
+        _check_name_and_value(name, value)
+        raise UnsafeValue("generated mail must use an email.policy.EmailPolicy (e.g. policy.default)")
+    header, _ = _checked_header(policy, name, value)
+    del msg[name]
+    msg[name] = header
+
+
+def _check_name_and_value(name: str, value: str) -> None:
     if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
     if not isinstance(value, str) or _has_unsafe_char(value):
         raise UnsafeValue(f"{name}: value contains CR, LF, NUL or another control character")
     if len(value) > MAX_HEADER_VALUE_LEN:
         raise UnsafeValue(f"{name}: value longer than {MAX_HEADER_VALUE_LEN} characters")
-    policy = msg.policy
-    if not isinstance(policy, EmailPolicy):
-        raise UnsafeValue("generated mail must use an email.policy.EmailPolicy (e.g. policy.default)")
+
+
+def _checked_header(policy: EmailPolicy[Any], name: str, value: str) -> tuple[BaseHeader, str]:
+    """The checked path of set_header: the header object and its verified wire form (folded with policy.SMTP)."""
+    _check_name_and_value(name, value)
     header = _make_header(policy, name, value)
     if not isinstance(header, AddressHeader) and str(header) != value and _ENCODED_WORD_START in value:
         # The email package decoded literal "=?...?=" text; keep the text literal (and harmless) instead.
@@ -339,16 +359,134 @@ def set_header(msg: EmailMessage, name: str, value: str) -> None:
     if _has_unsafe_char(str(header)):
         raise UnsafeValue(f"{name}: value decodes to CR, LF, NUL or another control character")
     try:
-        _check_wire_form(name, header)
+        folded = _check_wire_form(name, header)
     except UnsafeValue:
         if not isinstance(header, AddressHeader) or len(header.addresses) < 2:
             raise
         if any(group.display_name is not None for group in header.groups):
             raise
         header = _make_header(policy, name, ", ".join(address.addr_spec for address in header.addresses))
-        _check_wire_form(name, header)
-    del msg[name]
-    msg[name] = header
+        folded = _check_wire_form(name, header)
+    return header, folded
+
+
+# The fast path of header_line/address_line. A value qualifies when its wire form is provably "Name: value" CRLF,
+# i.e. exactly what the checked path (set_header + policy.SMTP) writes for it:
+# * printable ASCII words separated by single spaces: no control character, no line break, nothing to encode,
+#   no leading, trailing or doubled whitespace;
+# * no "=?": the email package would read an RFC 2047 encoded word into it (CVE-2024-6923);
+# * "Name: value" fits in policy.SMTP's 78 characters, so the folder leaves it on one line, and
+# * the header class keeps the value verbatim: unstructured headers (their parse tree is the text itself),
+#   Message-ID in our own "<unique@host>" form, and a Date in the form format_datetime writes; address headers
+#   only through address_line, which builds "atom phrase <dot-atom@host>" itself.
+# Anything else (non-ASCII, long, odd) takes the checked path.
+_PLAIN_VALUE_RE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_PLAIN_PHRASE_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_PLAIN_MSGID_RE = re.compile(r"<[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*@[a-z0-9-]+(?:\.[a-z0-9-]+)*>")
+_MAX_LINE = 78  # policy.SMTP.max_line_length
+_STRUCTURED = frozenset(_DEFAULT.header_factory.registry) - {"subject"}  # type: ignore[attr-defined]
+
+
+def _plain_fits(name: str, value: str) -> bool:
+    return (len(name) + 2 + len(value) <= _MAX_LINE and _ENCODED_WORD_START not in value
+            and _PLAIN_VALUE_RE.fullmatch(value) is not None)
+
+
+def _verbatim(name: str, value: str) -> bool:
+    """True if the checked path provably writes exactly ``name: value`` CRLF (see _PLAIN_VALUE_RE)."""
+    if not _plain_fits(name, value):
+        return False
+    lname = name.lower()
+    if lname not in _STRUCTURED:
+        return True
+    if lname == "message-id":
+        return _PLAIN_MSGID_RE.fullmatch(value) is not None
+    if lname == "date":
+        try:
+            return format_datetime(parsedate_to_datetime(value)) == value
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def header_line(name: str, value: str) -> str:
+    """The wire form of one header of generated mail, ``Name: value`` folded into CRLF-terminated lines, with the
+    guarantees of set_header (same checks, same bytes as ``set_header`` + ``serialize_checked`` would write).
+    Raises UnsafeValue like set_header."""
+    if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
+        raise UnsafeValue(f"invalid header name {name!r}")
+    if isinstance(value, str) and _verbatim(name, value):
+        return f"{name}: {value}\r\n"
+    return _checked_header(_DEFAULT, name, value)[1]
+
+
+def address_line(name: str, display_name: str | None, addr: str) -> str:
+    """The wire form of a one-mailbox header (From, To, Reply-To): what set_address + serialize_checked write."""
+    try:
+        return _address_line(name, display_name, addr)
+    except UnsafeValue:
+        if not display_name:
+            raise
+        return _address_line(name, None, addr)
+
+
+def _address_line(name: str, display_name: str | None, addr: str) -> str:
+    if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
+        raise UnsafeValue(f"invalid header name {name!r}")
+    parts = _split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
+    if parts is not None:
+        spec = f"{parts[0]}@{parts[1]}"
+        phrase = clean_text(display_name, max_len=78)
+        # Fast path: a phrase of atoms needs no quoting, a dot-atom@LDH address none either, so format_address
+        # writes "phrase <local@host>" (or the bare address) and the email package keeps it verbatim.
+        if not phrase or _PLAIN_PHRASE_RE.fullmatch(phrase):
+            value = f"{phrase} <{spec}>" if phrase else spec
+            if _plain_fits(name, value):
+                return f"{name}: {value}\r\n"
+        if phrase and len(spec) <= _MAX_TEMPLATE_ADDR:
+            key = (name, display_name, _SHAPE_RE.sub("x", spec))
+            template = _TEMPLATES.get(key)
+            if template is not None:
+                line = _line_from_template(name, phrase, spec, template)
+                if line is not None:
+                    return line
+            line = _checked_header(_DEFAULT, name, format_address(display_name, addr))[1]
+            _remember_template(key, line, spec)
+            return line
+    return _checked_header(_DEFAULT, name, format_address(display_name, addr))[1]
+
+
+# Templates for "display name <address>" headers whose name needs encoding or folding (a queue's "Bürgerbüro"
+# with each ticket's reply address). The folder's choices for the address part depend only on its length and
+# token structure (dots, "@", atext) as long as "<address>" fits on a line of its own, so the checked line of
+# one address, split around "<address>", is the checked line of every address of the same shape with that
+# display name. A line built from a template is still parsed back and compared like every checked line
+# (_check_wire_line), so a wrong template could only cost the checked path, never change a mail's meaning;
+# tests compare the bytes with the checked path. Keyed by (header, display name, shape: "xxxx.xx@xxxx.xxxxx").
+_MAX_TEMPLATE_ADDR = _MAX_LINE - 3  # " <" ... ">" on a continuation line
+_SHAPE_RE = re.compile(r"[^.@]")
+_MAX_TEMPLATES = 256
+_TEMPLATES: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+
+
+def _remember_template(key: tuple[str, str | None, str], line: str, spec: str) -> None:
+    marker = f"<{spec}>"
+    if line.count(marker) != 1:
+        return
+    if len(_TEMPLATES) >= _MAX_TEMPLATES:
+        _TEMPLATES.clear()  # citizens' names come and go; the queues' names come back at once
+    before, _, after = line.partition(marker)
+    _TEMPLATES[key] = (before, after)
+
+
+def _line_from_template(name: str, phrase: str, spec: str, template: tuple[str, str]) -> str | None:
+    line = f"{template[0]}<{spec}>{template[1]}"
+    meaning = [(None, [("".join(_defang_encoded_words(phrase).split()), spec)])]
+    try:
+        _check_wire_line(name, line, meaning)
+    except UnsafeValue:
+        return None
+    return line
 
 
 def set_address(msg: EmailMessage, name: str, display_name: str | None, addr: str) -> None:
@@ -387,19 +525,26 @@ def _meaning(header: BaseHeader) -> object:
     return squash(str(header))
 
 
-def _check_wire_form(name: str, header: BaseHeader) -> None:
-    """Fold the header with policy.SMTP, check the lines, parse it back the way a recipient would, and compare."""
+def _check_wire_form(name: str, header: BaseHeader) -> str:
+    """Fold the header with policy.SMTP, check the lines, parse it back the way a recipient would, and compare;
+    returns the folded form."""
     try:
-        folded = _SMTP.fold(name, header)
+        folded = str(_SMTP.fold(name, header))
     except Exception as exc:  # any folding failure means we cannot vouch for the wire form
         raise UnsafeValue(f"{name}: value cannot be folded safely") from exc
+    _check_wire_line(name, folded, _meaning(header))
+    return folded
+
+
+def _check_wire_line(name: str, folded: str, meaning: object) -> None:
+    """The folded header is well-formed and a recipient parsing it sees `meaning` (see _meaning)."""
     _check_folded(name, folded)
     raw_value = folded.partition(":")[2].lstrip(" \t").rstrip("\r\n")
     try:
         reparsed = _DEFAULT.header_fetch_parse(name, raw_value)
     except Exception as exc:  # see _make_header
         raise UnsafeValue(f"{name}: folded value does not parse back") from exc
-    if not isinstance(reparsed, BaseHeader) or _meaning(reparsed) != _meaning(header):
+    if not isinstance(reparsed, BaseHeader) or _meaning(reparsed) != meaning:
         raise UnsafeValue(f"{name}: folded value does not mean the same as the value set")
 
 
@@ -433,21 +578,27 @@ def serialize_checked(msg: EmailMessage) -> bytes:
     there is no bare CR or LF anywhere, every header line is ``ftext-name:`` or a non-blank continuation, and the
     header names on the wire are exactly ``msg.keys()``.  Raises UnsafeValue otherwise."""
     data = msg.as_bytes(policy=_SMTP)
+    check_wire_message(data, msg.keys())
+    return data
+
+
+def check_wire_message(data: bytes, names: Sequence[str]) -> None:
+    """The final check of serialize_checked on a message built by hand: no bare CR or LF, every header line is
+    ``ftext-name:`` or a non-blank continuation, and the header names on the wire are exactly `names`."""
     if re.search(rb"\r(?!\n)|(?<!\r)\n", data):
         raise UnsafeValue("serialised message contains a bare CR or LF")
     head, sep, _ = data.partition(b"\r\n\r\n")
     if not sep:
         head = data[:-2] if data.endswith(b"\r\n") else data
-    names: list[str] = []
+    found: list[str] = []
     for line in head.split(b"\r\n") if head else []:
         if line[:1] in (b" ", b"\t"):
-            if not names or not line.strip(b" \t"):
+            if not found or not line.strip(b" \t"):
                 raise UnsafeValue("serialised message has a stray or blank continuation line")
             continue
         field, colon, _ = line.partition(b":")
         if not colon or not _FTEXT_RE.fullmatch(field.decode("latin-1")):
             raise UnsafeValue("serialised message has a malformed header line")
-        names.append(field.decode("ascii"))
-    if [n.lower() for n in names] != [k.lower() for k in msg]:
+        found.append(field.decode("ascii"))
+    if [n.lower() for n in found] != [k.lower() for k in names]:
         raise UnsafeValue("serialised header names differ from the message's headers")
-    return data

@@ -4,23 +4,30 @@
 then returns; the caller acknowledges (SMTP 250, IMAP flag/move, exit 0) after that. Duplicates are
 recognised by source identity (e.g. IMAP mailbox/UIDVALIDITY/UID) and by a canonical content hash
 scoped per channel, so a redelivery or a refetch returns the existing row instead of a new one.
+
+The steps are also offered apart, for the SMTP listener's group commit (`group_commit`): `prepare` computes
+the hashes and the Message-ID (pure CPU, outside any transaction) and `insert` adds one message inside the
+caller's transaction. A message may be given as the parts it arrived in (SMTP DATA, ~1 MiB each): nothing
+here joins them, the body is hashed piecewise, and `repo_raw` writes the parts straight into the blob, so a
+large mail exists once in memory rather than four or five times.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mail2ticket.db import repo
+from mail2ticket.db import repo, repo_raw
 from mail2ticket.db.engine import unit_of_work
-from mail2ticket.db.models import InboundMessage, RawMessage
+from mail2ticket.db.models import InboundMessage
 
 # Headers a relay or delivery agent prepends; a redelivered copy may differ only in these.
 TRACE_HEADERS = frozenset(
@@ -29,6 +36,8 @@ TRACE_HEADERS = frozenset(
 )
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 MAX_MESSAGE_ID = 998
+# The body is normalised and hashed in pieces of this size instead of as two whole-message copies.
+HASH_PIECE = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +66,84 @@ def split_head(raw: bytes) -> tuple[bytes, bytes]:
     return raw[: match.start()], raw[match.end() :]
 
 
-def content_hash(raw: bytes) -> str:
-    """sha256 over the message without leading trace headers and with line endings normalised."""
-    head, body = split_head(raw)
+def _head_end(parts: Sequence[bytes]) -> tuple[int, int] | None:
+    """(start, end) offsets of the first blank line over the concatenated parts, without concatenating them.
+
+    A match can straddle a part boundary only by starting in the last 3 bytes before it (the pattern is at
+    most 4 bytes long), so besides each part the 3-byte tail before it plus its first 3 bytes are searched.
+    """
+    offset = 0
+    tail = b""
+    for part in parts:
+        if tail:
+            straddle = _HEADER_END.search(tail + part[:3])
+            if straddle is not None and straddle.start() < len(tail):
+                base = offset - len(tail)
+                return base + straddle.start(), base + straddle.end()
+        match = _HEADER_END.search(part)
+        if match is not None:
+            return offset + match.start(), offset + match.end()
+        offset += len(part)
+        tail = (tail + part[-3:])[-3:]
+    return None
+
+
+def _slices(parts: Sequence[bytes], start: int, stop: int | None) -> Iterator[memoryview]:
+    """Views of bytes start..stop (None: to the end) of the concatenated parts; no copies."""
+    offset = 0
+    for part in parts:
+        size = len(part)
+        lo = max(start - offset, 0)
+        hi = size if stop is None else min(stop - offset, size)
+        if lo < hi:
+            yield memoryview(part)[lo:hi]
+        offset += size
+        if stop is not None and offset >= stop:
+            return
+
+
+def _feed_body(digest: Any, views: Iterator[memoryview]) -> None:
+    """digest.update(re.sub(rb"\r\n?", b"\n", body).rstrip(b"\n")), in bounded pieces instead of two full copies."""
+    held = 0  # newlines produced but not yet written: dropped if nothing else follows (the rstrip)
+    carry_cr = False  # a CR at a piece end may pair with an LF at the start of the next piece
+    for view in views:
+        for lo in range(0, len(view), HASH_PIECE):
+            piece = bytes(view[lo : lo + HASH_PIECE])
+            if carry_cr:
+                piece = b"\r" + piece
+            carry_cr = piece.endswith(b"\r")
+            if carry_cr:
+                piece = piece[:-1]
+            normal = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            kept = normal.rstrip(b"\n")
+            if kept:
+                if held:
+                    digest.update(b"\n" * held)
+                digest.update(kept)
+                held = len(normal) - len(kept)
+            else:
+                held += len(normal)
+
+
+def content_hash(raw: bytes | Sequence[bytes]) -> str:
+    """sha256 over the message without leading trace headers and with line endings normalised.
+
+    Takes the bytes or the parts they arrived in; the head is copied (it is small), the body only piecewise.
+    """
+    parts = _as_parts(raw)
+    bounds = _head_end(parts)
+    return _content_hash(parts, bounds, _head(parts, bounds))
+
+
+def _as_parts(raw: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    return (raw,) if isinstance(raw, bytes) else raw
+
+
+def _head(parts: Sequence[bytes], bounds: tuple[int, int] | None) -> bytes:
+    return b"".join(_slices(parts, 0, bounds[0] if bounds is not None else None))
+
+
+def _content_hash(parts: Sequence[bytes], bounds: tuple[int, int] | None, head: bytes) -> str:
     lines = re.split(rb"\r?\n", head)
     kept: list[bytes] = []
     skipping = False
@@ -75,13 +159,18 @@ def content_hash(raw: bytes) -> str:
     digest = hashlib.sha256()
     digest.update(b"\n".join(kept))
     digest.update(b"\n\n")
-    digest.update(re.sub(rb"\r\n?", b"\n", body).rstrip(b"\n"))
+    if bounds is not None:
+        _feed_body(digest, _slices(parts, bounds[1], None))
     return digest.hexdigest()
 
 
 def header_message_id(raw: bytes) -> str | None:
     """The Message-ID from the header block alone (no MIME parse), or None."""
     head, _ = split_head(raw)
+    return _message_id(head)
+
+
+def _message_id(head: bytes) -> str | None:
     try:
         headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\n\n")
         value = headers.get("Message-ID")
@@ -100,50 +189,119 @@ def dedupe_scope(envelope: Envelope) -> str:
     return "mail"
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A message ready to insert: its parts (never joined here) and everything computed from them.
+
+    Computing this is pure CPU work, done outside the transaction (and, for SMTP, outside the committer thread).
+    """
+
+    parts: Sequence[bytes]
+    envelope: Envelope
+    size: int
+    sha256: str
+    content_hash: str
+    message_id: str | None
+
+    @property
+    def scope(self) -> str:
+        return dedupe_scope(self.envelope)
+
+
+def prepare(raw: bytes | Sequence[bytes], envelope: Envelope) -> Prepared:
+    """Hashes, size and Message-ID of a message given whole or as the parts it arrived in."""
+    parts = _as_parts(raw)
+    bounds = _head_end(parts)
+    head = _head(parts, bounds)
+    whole = hashlib.sha256()
+    for part in parts:
+        whole.update(part)
+    return Prepared(parts=parts, envelope=envelope, size=sum(len(p) for p in parts), sha256=whole.hexdigest(),
+                    content_hash=_content_hash(parts, bounds, head), message_id=_message_id(head))
+
+
+def find_duplicate(session: Session, prepared: Prepared) -> int | None:
+    """The id of a row that already holds this message (same source identity or same content in scope)."""
+    return repo.find_inbound_duplicate(session, prepared.envelope.source_key, prepared.scope, prepared.content_hash)
+
+
+def insert(session: Session, prepared: Prepared,
+           extra: Callable[[Session, InboundMessage], None] | None = None) -> Stored:
+    """Inside the caller's transaction: return the existing row for a duplicate, else add and flush a new one.
+
+    Rows flushed earlier in the same transaction count as existing, so a batch recognises its own duplicates.
+    Does not commit and does not catch IntegrityError (a concurrent insert): that is the caller's to handle.
+    """
+    existing = find_duplicate(session, prepared)
+    if existing is not None:
+        return Stored(existing, duplicate=True)
+    envelope = prepared.envelope
+    row = InboundMessage(
+        source=envelope.source,
+        source_key=envelope.source_key,
+        dedupe_scope=prepared.scope,
+        mailbox=envelope.mailbox,
+        envelope_from=envelope.mail_from,
+        envelope_to=list(envelope.rcpt_to),
+        peer=envelope.peer,
+        sha256=prepared.sha256,
+        content_hash=prepared.content_hash,
+        message_id=prepared.message_id,
+        size=prepared.size,
+        archive=envelope.archive,
+    )
+    session.add(row)
+    session.flush()
+    repo_raw.add_raw(session, row.id, prepared.parts, prepared.size)
+    if extra is not None:
+        extra(session, row)
+    return Stored(row.id, duplicate=False)
+
+
 def store(
     factory: sessionmaker[Session],
-    raw: bytes,
+    raw: bytes | Sequence[bytes],
     envelope: Envelope,
     *,
     extra: Callable[[Session, InboundMessage], None] | None = None,
 ) -> Stored:
-    """Commit the message durably and return its intake id; a duplicate returns the existing id.
+    """Commit the message durably in its own transaction and return its intake id; a duplicate returns the
+    existing id. The single-message path (IMAP, CLI); the SMTP listener batches through `group_commit`.
 
     `extra` runs inside the same transaction for a new row (IMAP uses it to record the planned server action).
     """
-    chash = content_hash(raw)
-    scope = dedupe_scope(envelope)
+    prepared = prepare(raw, envelope)
     for _attempt in range(2):
         try:
             with unit_of_work(factory) as session:
-                existing = repo.find_inbound_duplicate(session, envelope.source_key, scope, chash)
-                if existing is not None:
-                    return Stored(existing, duplicate=True)
-                row = InboundMessage(
-                    source=envelope.source,
-                    source_key=envelope.source_key,
-                    dedupe_scope=scope,
-                    mailbox=envelope.mailbox,
-                    envelope_from=envelope.mail_from,
-                    envelope_to=list(envelope.rcpt_to),
-                    peer=envelope.peer,
-                    sha256=hashlib.sha256(raw).hexdigest(),
-                    content_hash=chash,
-                    message_id=header_message_id(raw),
-                    size=len(raw),
-                    archive=envelope.archive,
-                )
-                row.raw = RawMessage(data=raw)
-                session.add(row)
-                session.flush()
-                if extra is not None:
-                    extra(session, row)
-                return Stored(row.id, duplicate=False)
+                return insert(session, prepared, extra)
         except IntegrityError:
             # Another instance stored the same message between our check and our insert.
             continue
     with unit_of_work(factory) as session:
-        existing = repo.find_inbound_duplicate(session, envelope.source_key, scope, chash)
+        existing = find_duplicate(session, prepared)
     if existing is None:
         raise RuntimeError("intake insert conflicted but no existing row was found")
     return Stored(existing, duplicate=True)
+
+
+def insert_or_existing(session: Session, prepared: Prepared,
+                       extra: Callable[[Session, InboundMessage], None] | None = None) -> Stored:
+    """`insert` in a savepoint: when another instance inserted the same message meanwhile, its row is returned."""
+    try:
+        with session.begin_nested():
+            return insert(session, prepared, extra)
+    except IntegrityError:
+        existing = find_duplicate(session, prepared)
+        if existing is None:
+            raise
+        return Stored(existing, duplicate=True)
+
+
+def store_many(factory: sessionmaker[Session], prepared: Sequence[Prepared]) -> list[Stored]:
+    """Commit several messages in one transaction (one fsync): for a backlog import, where no one waits for a
+    per-message acknowledgement. Each result is new or a duplicate exactly as with `store`."""
+    if not prepared:
+        return []
+    with unit_of_work(factory) as session:
+        return [insert_or_existing(session, item) for item in prepared]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, Message
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
@@ -47,7 +47,9 @@ class ParsedAttachment:
 
 @dataclass(frozen=True, slots=True)
 class ParsedMail:
-    msg: EmailMessage
+    # The stdlib tree, only in the process that parsed: the parse worker sends the fields below without it
+    # (pickling the tree costs more than parsing, and holds attachments twice). None on the processing side.
+    msg: EmailMessage | None
     message_id: str | None
     in_reply_to: tuple[str, ...]
     references: tuple[str, ...]
@@ -64,6 +66,20 @@ class ParsedMail:
     thread_index: str | None
     defects: tuple[str, ...]
     headers: dict[str, tuple[str, ...]] = field(repr=False)
+    # Every header field as it arrived (name, raw value), in order: for checks that depend on position.
+    raw_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def without_tree(self) -> ParsedMail:
+        """This mail without the stdlib tree; `raw_headers` re-read from it (control headers may be stripped)."""
+        if self.msg is None:
+            return self
+        return replace(self, msg=None, raw_headers=self.header_fields())
+
+    def header_fields(self) -> tuple[tuple[str, str], ...]:
+        """Every header field (name, raw value) in arrival order."""
+        if self.msg is not None:
+            return tuple((name, str(value)) for name, value in self.msg.raw_items())
+        return self.raw_headers
 
     def header(self, name: str) -> tuple[str, ...]:
         return self.headers.get(name.lower(), ())
@@ -132,12 +148,25 @@ def _precheck(raw: bytes, limits: Limits) -> None:
     count = sum(1 for line in head.splitlines() if line[:1] not in (b" ", b"\t"))
     if count > limits.max_header_count:
         raise Quarantine(f"{count} header fields exceed the limit of {limits.max_header_count}")
-    longest = max((len(line) for line in raw.splitlines()), default=0)
+    longest = longest_line(raw)
     if longest > limits.max_line_length:
         raise Quarantine(f"a line of {longest} bytes exceeds the limit of {limits.max_line_length}")
     # Each MIME part needs a boundary line; far more than the part limit means a structure bomb.
     if raw.count(b"\n--") > limits.max_parts * 2 + 10:
         raise Quarantine(f"more than {limits.max_parts} MIME parts")
+
+
+def longest_line(raw: bytes, chunk: int = 1 << 20) -> int:
+    """Length of the longest line (CR, LF or CRLF ended), without splitting the whole message at once."""
+    longest = current = 0
+    for start in range(0, len(raw), chunk):
+        parts = raw[start : start + chunk].replace(b"\r", b"\n").split(b"\n")
+        if len(parts) == 1:
+            current += len(parts[0])
+            continue
+        longest = max(longest, current + len(parts[0]), max(map(len, parts[1:-1]), default=0))
+        current = len(parts[-1])
+    return max(longest, current)
 
 
 def looks_like_mail(raw: bytes) -> bool:

@@ -25,6 +25,7 @@ our own code, and the mail only ever appears as data inside objects we built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
@@ -37,7 +38,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -56,13 +57,17 @@ STARTUP_TIMEOUT = 60.0
 MIN_MEMORY_BYTES = 1 << 30
 
 
+# Returns the size of a stored message and its bytes as pieces, read lazily (see `analyse`).
+RawLoader = Callable[[], tuple[int, Iterable[bytes]]]
+
+
 class ParseWorkerUnavailable(Exception):
     """The parse worker process could not be started or talked to; retry the message later."""
 
 
 @dataclass(frozen=True, slots=True)
 class ParseJob:
-    raw: bytes
+    raw: bytes  # travels as its own frame, not inside the pickle (no copy of a 25 MB mail)
     limits: Limits
     envelope_from: str | None
     envelope_to: tuple[str, ...]
@@ -81,12 +86,13 @@ class Analysed:
 def analyse(job: ParseJob) -> Analysed:
     """Parse, strip inbound control headers, classify: the pure part of processing (raises only Quarantine)."""
     parsed = parse(job.raw, job.limits)
+    assert parsed.msg is not None
     try:
         strip_control_headers(parsed.msg)
     except Exception as exc:
         raise Quarantine(f"unparseable: cannot strip control headers ({type(exc).__name__})") from exc
     classification = classify(parsed.msg, job.envelope_from, job.envelope_to, job.noreply_patterns)
-    return Analysed(parsed, classification)
+    return Analysed(parsed.without_tree(), classification)
 
 
 def memory_budget(limits: Limits) -> int:
@@ -104,13 +110,15 @@ class ParseGuard:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self.restarts = 0
 
-    def analyse(self, raw: bytes, limits: Limits, *, envelope_from: str | None, envelope_to: Sequence[str] = (),
-                noreply_patterns: Sequence[str] = ()) -> Analysed:
-        job = ParseJob(raw, limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
+    def analyse(self, raw: bytes | RawLoader, limits: Limits, *, envelope_from: str | None,
+                envelope_to: Sequence[str] = (), noreply_patterns: Sequence[str] = ()) -> Analysed:
+        """Parse and classify in the worker. Given a loader instead of bytes, the bytes are streamed to the worker
+        piece by piece as they are read, so a 25 MB mail is never held whole in this process."""
+        job = ParseJob(b"", limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
         payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             proc = self._ensure_worker(limits)
-            kind, value = self._exchange(proc, payload)
+            kind, value = self._exchange(proc, payload, raw)
         if kind == "ok":
             assert isinstance(value, Analysed)
             return value
@@ -152,14 +160,14 @@ class ParseGuard:
         self._proc = None
         self._finalizer = None
 
-    def _exchange(self, proc: subprocess.Popen[bytes], payload: bytes) -> tuple[str, object]:
+    def _exchange(self, proc: subprocess.Popen[bytes], payload: bytes,
+                  raw: bytes | RawLoader) -> tuple[str, object]:
         assert proc.stdin is not None and proc.stdout is not None
         deadline = time.monotonic() + 3 * self.cpu_seconds + 5
         try:
-            proc.stdin.write(_HEADER.pack(len(payload)) + payload)
-            proc.stdin.flush()
-            size = _HEADER.unpack(_read_exact(proc.stdout, _HEADER.size, deadline))[0]
-            answer = pickle.loads(_read_exact(proc.stdout, size, deadline))
+            size, pieces = raw() if callable(raw) else (len(raw), (raw,))
+            _send(proc.stdin, payload, size, pieces)
+            answer = _receive(proc.stdout, deadline)
         except TimeoutError:
             self._breach("wall_clock")
             return "quarantine", f"parse budget exceeded: no result within {3 * self.cpu_seconds + 5:.0f} s"
@@ -188,6 +196,28 @@ class ParseGuard:
         return status
 
 
+def _send(stream: IO[bytes], payload: bytes, size: int, pieces: Iterable[bytes]) -> None:
+    stream.write(_HEADER.pack(len(payload)) + payload + _HEADER.pack(size))
+    sent = 0
+    for piece in pieces:
+        stream.write(piece)
+        sent += len(piece)
+    if sent != size:  # the worker would wait for the rest forever (or read our next job as mail)
+        raise OSError(f"raw message changed while it was read: {sent} of {size} bytes")
+    stream.flush()
+
+
+def _receive(stream: IO[bytes], deadline: float) -> Any:
+    """An answer: its pickle, then the out-of-band buffers (attachment bytes) it refers to."""
+    size = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0]
+    data = _read_exact(stream, size, deadline)
+    count = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0]
+    buffers = [_read_exact(stream, _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0], deadline)
+               for _ in range(count)]
+    # The attachments become the very bytearrays just read: no second copy of a 25 MB file in this process.
+    return pickle.loads(data, buffers=buffers)
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     for stream in (proc.stdin, proc.stdout):
         try:
@@ -200,23 +230,25 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _read_exact(stream: IO[bytes], size: int, deadline: float) -> bytes:
+def _read_exact(stream: IO[bytes], size: int, deadline: float) -> bytearray:
+    """Exactly `size` bytes, read straight into one buffer (no list of chunks joined into a second copy)."""
     fd = stream.fileno()
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
         timeout = deadline - time.monotonic()
         if timeout <= 0:
             raise TimeoutError
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             raise TimeoutError
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
+        count = os.readv(fd, [view[done : done + (1 << 20)]])
+        if not count:
             raise EOFError("parse worker closed its pipe")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+        done += count
+    view.release()
+    return buffer
 
 
 # --- the worker process ---------------------------------------------------------------------------------------
@@ -243,6 +275,34 @@ def _run_job(job: ParseJob) -> tuple[str, object]:
         return "quarantine", f"unparseable: {type(exc).__name__}"
 
 
+OUT_OF_BAND_BYTES = 64 << 10  # attachments from this size travel as raw buffers, not inside the pickle
+
+
+def _out_of_band(answer: tuple[str, object]) -> tuple[str, object]:
+    kind, value = answer
+    if not isinstance(value, Analysed) or not any(len(a.data) >= OUT_OF_BAND_BYTES for a in value.parsed.attachments):
+        return answer
+    attachments = tuple(
+        dataclasses.replace(a, data=pickle.PickleBuffer(a.data)) if len(a.data) >= OUT_OF_BAND_BYTES else a  # type: ignore[arg-type]
+        for a in value.parsed.attachments)
+    return kind, Analysed(dataclasses.replace(value.parsed, attachments=attachments), value.classification)
+
+
+def _answer(stdout: IO[bytes], answer: tuple[str, object]) -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(_out_of_band(answer), protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:  # noqa: BLE001 - e.g. a pathological object graph that cannot be pickled
+        buffers = []
+        data = pickle.dumps(("quarantine", f"unparseable: result not transferable ({type(exc).__name__})"))
+    stdout.write(_HEADER.pack(len(data)) + data + _HEADER.pack(len(buffers)))
+    for buffer in buffers:
+        with buffer.raw() as view:
+            stdout.write(_HEADER.pack(view.nbytes))
+            stdout.write(view)
+    stdout.flush()
+
+
 def worker_main(memory_bytes: int) -> int:
     """Serve jobs from stdin until it closes; each answer is written before the next job is read."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -255,16 +315,14 @@ def worker_main(memory_bytes: int) -> int:
         head = stdin.read(_HEADER.size)
         if len(head) < _HEADER.size:
             return 0
-        body = stdin.read(_HEADER.unpack(head)[0])
-        job = pickle.loads(body)
+        job = pickle.loads(stdin.read(_HEADER.unpack(head)[0]))
+        job = dataclasses.replace(job, raw=stdin.read(_HEADER.unpack(stdin.read(_HEADER.size))[0]))
         answer = _run_job(job)
-        try:
-            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001 - e.g. a pathological object graph that cannot be pickled
-            data = pickle.dumps(("quarantine", f"unparseable: result not transferable ({type(exc).__name__})"))
-        stdout.write(_HEADER.pack(len(data)) + data)
-        stdout.flush()
-        if answer[0] == "recycle":
+        del job
+        kind = answer[0]
+        _answer(stdout, answer)
+        del answer
+        if kind == "recycle":
             return 0
 
 

@@ -16,7 +16,6 @@ import datetime as dt
 import re
 from collections.abc import Sequence
 from email.header import decode_header, make_header
-from email.message import EmailMessage
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -168,7 +167,7 @@ def stub_mail(raw: bytes, reason: str) -> ParsedMail:
             "The original is attached unchanged as original.eml.\n")
     message_id = fields.get("message-id")
     return ParsedMail(
-        msg=EmailMessage(), message_id=message_id if message_id and re.fullmatch(r"<[^<>\s]{1,900}>", message_id)
+        msg=None, message_id=message_id if message_id and re.fullmatch(r"<[^<>\s]{1,900}>", message_id)
         else None, in_reply_to=(), references=(),
         subject=clean_text(_decoded(fields.get("subject", "")), max_len=998) or "(unlesbare Nachricht)",
         from_addr=senders[0][1] if senders else None, from_name=(senders[0][0] or None) if senders else None,

@@ -4,18 +4,23 @@ Rules are tried in order and the first match wins, unless it says `continue = tr
 apply and later rules may add to them (tags accumulate, other fields are overwritten). A mail that no rule
 matches goes to the queue of the address it arrived at. Text is matched after NFKC normalisation with
 zero-width and bidi characters removed, so look-alike tricks do not dodge a rule.
+
+`Router.route` does not try every rule: a prefilter (`rules_prefilter`) indexes each rule by one necessary
+condition (a literal its regex needs, or an exact classification/queue/attachment value) and only the
+candidates it yields are evaluated, in rule order. `Router.route_reference` tries every rule; both give the
+same decision (tests/test_rules_equivalence.py).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mail2ticket.config.model import Config, Pattern, RuleConfig
 from mail2ticket.parse import ParsedMail
+from mail2ticket.rules_prefilter import SEPARATOR, Prefilter, fold, pattern_regex
 
 BODY_MATCH_LIMIT = 65_536
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u00ad]")
@@ -33,6 +38,7 @@ class MailFacts:
     classification: str
     arrival_queues: tuple[str, ...]
     _cache: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _headers: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def subject(self) -> str:
         if "subject" not in self._cache:
@@ -43,6 +49,38 @@ class MailFacts:
         if "body" not in self._cache:
             self._cache["body"] = normalize(self.parsed.text[:BODY_MATCH_LIMIT])
         return self._cache["body"]
+
+    def header(self, key: str) -> tuple[str, ...]:
+        """The normalised values of a header (`key` in lower case)."""
+        values = self._headers.get(key)
+        if values is None:
+            values = self._headers[key] = tuple(normalize(v) for v in self.parsed.header(key))
+        return values
+
+    def has_attachment(self) -> bool:
+        return bool(self.parsed.attachments)
+
+    def folded(self, field_name: str) -> str:
+        """A field as the prefilter scans it (`rules_prefilter.fold`); multiple values joined by NUL."""
+        key = "folded:" + field_name
+        text = self._cache.get(key)
+        if text is None:
+            if field_name == "subject":
+                raw = self.subject()
+            elif field_name == "body":
+                raw = self.body()
+            elif field_name == "from":
+                raw = self.parsed.from_addr or ""
+            elif field_name == "to":
+                raw = SEPARATOR.join(self.parsed.to)
+            elif field_name == "cc":
+                raw = SEPARATOR.join(self.parsed.cc)
+            elif field_name.startswith("header:"):
+                raw = SEPARATOR.join(self.header(field_name[7:]))
+            else:
+                raise ValueError(f"unknown field {field_name!r}")
+            text = self._cache[key] = fold(raw)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +101,7 @@ Check = Callable[[MailFacts], bool]
 
 
 def _compile_pattern(pattern: Pattern) -> re.Pattern[str]:
-    if pattern.glob is not None:
-        return re.compile(fnmatch.translate(pattern.glob), re.IGNORECASE)
-    assert pattern.regex is not None
-    return re.compile(pattern.regex, re.IGNORECASE)
+    return re.compile(pattern_regex(pattern), re.IGNORECASE)
 
 
 def _any(regex: re.Pattern[str], values: Sequence[str | None]) -> bool:
@@ -74,7 +109,7 @@ def _any(regex: re.Pattern[str], values: Sequence[str | None]) -> bool:
 
 
 def _header_check(rx: re.Pattern[str], key: str) -> Check:
-    return lambda f: _any(rx, [normalize(v) for v in f.parsed.header(key)])
+    return lambda f: _any(rx, f.header(key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +162,22 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.rules = tuple(compile_rule(r) for r in config.rule)
+        self.prefilter = Prefilter([r.match for r in config.rule])
         self._default_queue = config.queue[0].name
 
+    def candidates(self, facts: MailFacts) -> list[CompiledRule]:
+        """The rules that might match, in order: a superset of the matching ones."""
+        rules = self.rules
+        return [rules[i] for i in self.prefilter.candidates(facts)]
+
     def route(self, facts: MailFacts) -> Decision:
+        return self._decide(facts, self.candidates(facts))
+
+    def route_reference(self, facts: MailFacts) -> Decision:
+        """`route` without the prefilter: every rule is tried. For tests and as the definition of `route`."""
+        return self._decide(facts, self.rules)
+
+    def _decide(self, facts: MailFacts, candidates: Iterable[CompiledRule]) -> Decision:
         queue_name = facts.arrival_queues[0] if facts.arrival_queues else self._default_queue
         action, reason, rule_name = "ticket", None, None
         priority, category, tags = "normal", None, list[str]()
@@ -137,7 +185,7 @@ class Router:
         requester = "from"
         matched: list[str] = []
         queue_override: str | None = None
-        for compiled in self.rules:
+        for compiled in candidates:
             if not compiled.matches(facts):
                 continue
             rule = compiled.config

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -29,10 +30,28 @@ from mail2ticket.cli.common import (
     print_json,
 )
 from mail2ticket.cli.ingest_cmd import looks_like_mail
-from mail2ticket.ingress.files import InputError, count_inputs, iter_inputs
-from mail2ticket.intake import Envelope, store
+from mail2ticket.ingress.files import InputError, RawInput, count_inputs, iter_inputs
+from mail2ticket.intake import Envelope, Prepared, prepare, store_many
 from mail2ticket.pipeline.process import Processor
 from mail2ticket.progress import Progress
+
+
+# Messages stored per transaction and then processed as one batch; bounded in bytes as well (memory).
+CHUNK_MESSAGES = 64
+CHUNK_BYTES = 32 << 20
+
+
+def _chunks(items: Iterable[RawInput]) -> Iterator[list[RawInput]]:
+    chunk: list[RawInput] = []
+    size = 0
+    for item in items:
+        chunk.append(item)
+        size += len(item.data)
+        if len(chunk) >= CHUNK_MESSAGES or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,26 +84,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     counts: Counter[str] = Counter()
     tickets: set[str] = set()
     code = EX_OK
-    # SQLite checkpoints and removes the WAL whenever its last connection closes, i.e. after every message
-    # here (sessions do not pool SQLite connections); an idle extra connection avoids that per-message cost.
-    keeper = services.engine.raw_connection() if services.engine.dialect.name == "sqlite" else None
     try:
         with Progress(total, "importing") as bar:
-            for item in iter_inputs(args.paths):
-                bar.advance()
-                counts["messages"] += 1
-                if not looks_like_mail(item.data):
-                    print(f"\nmail2ticket import: {item.origin}: not an email message, skipped", file=sys.stderr)
-                    counts["not_mail"] += 1
-                    code = EX_DATAERR
+            for chunk in _chunks(iter_inputs(args.paths)):
+                prepared: list[Prepared] = []
+                for item in chunk:
+                    bar.advance()
+                    counts["messages"] += 1
+                    if not looks_like_mail(item.data):
+                        print(f"\nmail2ticket import: {item.origin}: not an email message, skipped", file=sys.stderr)
+                        counts["not_mail"] += 1
+                        code = EX_DATAERR
+                        continue
+                    prepared.append(prepare(item.data, envelope))
+                del chunk
+                stored = store_many(services.factory, prepared)
+                del prepared
+                counts["duplicates"] += sum(s.duplicate for s in stored)
+                counts["stored"] += sum(not s.duplicate for s in stored)
+                if args.queue_only or not stored:
                     continue
-                stored = store(services.factory, item.data, envelope)
-                counts["duplicates" if stored.duplicate else "stored"] += 1
-                if args.queue_only:
-                    continue
-                # A duplicate may still be waiting (an earlier run was interrupted): process_next skips done rows.
-                result = processor.process_next(only=stored.inbound_id)
-                if result is not None:
+                # Duplicates may still be waiting (an earlier run was interrupted): the batch skips done rows.
+                for result in processor.process_batch(only=[s.inbound_id for s in stored]):
                     counts[result.state.value] += 1
                     if result.ticket_number:
                         tickets.add(result.ticket_number)
@@ -96,8 +117,7 @@ def cmd_import(args: argparse.Namespace) -> int:
               "later, it continues where it stopped", file=sys.stderr)
         return EX_TEMPFAIL
     finally:
-        if keeper is not None:
-            keeper.close()
+        processor.close()
         services.close()
     summary: dict[str, Any] = {
         "messages": counts["messages"], "stored": counts["stored"], "duplicates": counts["duplicates"],

@@ -50,6 +50,7 @@ def _dry_run(args: argparse.Namespace, config: Config, runtime: Runtime, service
                                   "priority": None, "category": None, "tags": [], "reply": None,
                                   "followup_of": None, "classification": None}
         return _emit(args, result)
+    assert parsed.msg is not None  # parsed here, in this process
     classification = classify(parsed.msg, args.sender, args.to, config.loop_protection.noreply_patterns)
     arrival = addressed_queues(config, args.to, None, parsed)
     decision = runtime.router.route(MailFacts(parsed, classification.kind, arrival))

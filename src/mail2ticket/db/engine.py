@@ -13,6 +13,8 @@ idle_in_transaction_session_timeout ends a session whose process is alive but st
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +34,9 @@ PG_SESSION_OPTIONS = (
     f"-c idle_in_transaction_session_timeout={PG_IDLE_IN_TRANSACTION_MS} "
     "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
 )
+
+
+READ_ONLY = "mail2ticket_read_only"
 
 
 class DurabilityError(RuntimeError):
@@ -73,13 +78,61 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    waiting = _Waiting()
+    _WAITING[engine] = waiting
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only unit (`read_only`) must not take the write lock: WAL readers never block the writer.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+            return
+        with waiting:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class _Waiting:
+    """How many of this process's threads wait for SQLite's write lock right now."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._mutex:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            self.count -= 1
+
+
+_WAITING: weakref.WeakKeyDictionary[Engine, _Waiting] = weakref.WeakKeyDictionary()
+
+
+def writers_waiting(engine: Engine) -> bool:
+    """Whether another thread of this process waits for the SQLite write lock (always False on PostgreSQL).
+
+    A long transaction (a processing run) ends early when this is true, so an SMTP intake commit, whose
+    client waits for the 250, does not queue behind a whole batch.
+    """
+    waiting = _WAITING.get(engine)
+    return waiting is not None and waiting.count > 0
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A snapshot for reading: takes no write lock on SQLite; never commits (any change is rolled back)."""
+    with factory() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        try:
+            yield session
+        finally:
+            session.rollback()
 
 
 @contextlib.contextmanager

@@ -20,10 +20,11 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from mail2ticket.db import conversation_repo
 from mail2ticket.db.models import (
     Article,
     Event,
@@ -32,6 +33,7 @@ from mail2ticket.db.models import (
     OutboundMail,
     OutboundState,
     Participant,
+    RawMessage,
     Ticket,
     TicketCounter,
 )
@@ -70,6 +72,49 @@ def claim_next_inbound(session: Session, now: dt.datetime, *, only: int | None =
     return session.scalar(_skip_locked(session, stmt))
 
 
+def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,
+                    only: Sequence[int] = (), claim: bool = False) -> list[int]:
+    """Ids of the oldest messages waiting for processing (or of `only`), at most `limit` and about `max_bytes`.
+
+    With `claim` (PostgreSQL) the rows are locked for this transaction and rows another instance holds are
+    skipped; without it they are only candidates, which the processing transaction locks and re-checks.
+    """
+    stmt = (
+        select(InboundMessage.id, InboundMessage.size)
+        .where(InboundMessage.state == InboundState.NEW)
+        .where(or_(InboundMessage.not_before.is_(None), InboundMessage.not_before <= now))
+        .order_by(InboundMessage.id)
+        .limit(limit)
+    )
+    if only:
+        stmt = stmt.where(InboundMessage.id.in_(list(only)))
+    if claim:
+        stmt = stmt.with_for_update(skip_locked=True, of=InboundMessage)
+    ids: list[int] = []
+    total = 0
+    for inbound_id, size in session.execute(stmt):
+        if ids and total + size > max_bytes:
+            break
+        ids.append(inbound_id)
+        total += size
+    return ids
+
+
+def inbound_rows(session: Session, ids: Sequence[int]) -> dict[int, InboundMessage]:
+    """The intake rows `ids` (without their raw bytes), loaded in one query."""
+    if not ids:
+        return {}
+    return {row.id: row for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(ids))))}
+
+
+def inbound_envelope(session: Session, inbound_id: int) -> tuple[str | None, list[str]] | None:
+    """Envelope sender and recipients of one stored message, or None if there is no such row."""
+    row = session.execute(
+        select(InboundMessage.envelope_from, InboundMessage.envelope_to).where(InboundMessage.id == inbound_id)
+    ).one_or_none()
+    return None if row is None else (row[0], list(row[1] or ()))
+
+
 def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
     """Message `inbound_id`, row-locked, if it still waits for processing (state new); else None.
 
@@ -98,22 +143,30 @@ def get_inbound(session: Session, inbound_id: int, *, with_raw: bool = False) ->
 
 
 def next_ticket_seq(session: Session, year: int) -> int:
-    """Increment the per-year counter under its row lock; gaps are possible (rolled-back transactions)."""
+    """Increment the per-year counter under its row lock; gaps are possible (rolled-back transactions).
+
+    A Core statement on the session's connection: no ORM bulk-update machinery and no autoflush, which the
+    counter row does not need (it is never a pending object: it is only created, and flushed, below).
+    """
     for _ in range(3):
-        seq = session.scalar(
-            update(TicketCounter)
-            .where(TicketCounter.year == year)
-            .values(last_seq=TicketCounter.last_seq + 1)
-            .returning(TicketCounter.last_seq)
-        )
+        seq = session.connection().execute(_NEXT_SEQ, {"counter_year": year}).scalar()
         if seq is not None:
             return int(seq)
+        session.flush()  # pending rows of the caller must not fail inside the savepoint below
         try:
             with session.begin_nested():
                 session.add(TicketCounter(year=year, last_seq=0))
         except IntegrityError:
             pass
     raise RuntimeError(f"could not allocate a ticket number for {year}")
+
+
+_NEXT_SEQ = (
+    update(TicketCounter)
+    .where(TicketCounter.year == bindparam("counter_year"))
+    .values(last_seq=TicketCounter.last_seq + 1)
+    .returning(TicketCounter.last_seq)
+)
 
 
 def ticket_by_number(session: Session, number: str) -> Ticket | None:
@@ -130,12 +183,14 @@ def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> Ticke
         return None
     ids = list(dict.fromkeys(message_ids))
     found: dict[str, int] = {}
-    for mid, tid in session.execute(
+    conversation_repo.flush_for(session, Article, OutboundMail)
+    connection = session.connection()  # Core: plain tuples, no ORM layer
+    for mid, tid in connection.execute(
         select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(ids))
     ):
         if mid is not None:
             found.setdefault(mid, tid)
-    for out_mid, out_tid in session.execute(
+    for out_mid, out_tid in connection.execute(
         select(OutboundMail.message_id, OutboundMail.ticket_id).where(
             OutboundMail.message_id.in_(ids), OutboundMail.ticket_id.is_not(None)
         )
@@ -149,22 +204,34 @@ def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> Ticke
 
 
 def article_with_message_id(session: Session, message_id: str) -> Article | None:
-    return session.scalar(select(Article).where(Article.message_id == message_id, Article.direction == "in").limit(1))
+    conversation_repo.flush_for(session, Article)
+    found = session.connection().execute(_ARTICLE_BY_MESSAGE_ID, {"message_id": message_id}).scalar()
+    return None if found is None else session.get(Article, found)
+
+
+_ARTICLE_BY_MESSAGE_ID = (
+    select(Article.id).where(Article.message_id == bindparam("message_id"), Article.direction == "in").limit(1)
+)
 
 
 def is_participant(session: Session, ticket_id: int, address: str) -> bool:
-    return (
-        session.scalar(
-            select(Participant.id).where(Participant.ticket_id == ticket_id, Participant.address == address).limit(1)
-        )
-        is not None
-    )
+    if (fresh := conversation_repo.fresh_ticket(session, ticket_id)) is not None:
+        return address in fresh.participants  # all its participants were added by add_participant, below
+    conversation_repo.flush_for(session, Participant)
+    return session.connection().execute(
+        _PARTICIPANT, {"ticket_id": ticket_id, "address": address}).scalar() is not None
+
+
+_PARTICIPANT = select(Participant.id).where(
+    Participant.ticket_id == bindparam("ticket_id"), Participant.address == bindparam("address")).limit(1)
 
 
 def add_participant(session: Session, ticket_id: int, address: str, name: str | None, role: str) -> bool:
     if is_participant(session, ticket_id, address):
         return False
     session.add(Participant(ticket_id=ticket_id, address=address, name=name, role=role))
+    if (fresh := conversation_repo.fresh_ticket(session, ticket_id)) is not None:
+        fresh.participants.add(address)
     return True
 
 
@@ -221,7 +288,12 @@ def events(session: Session, ticket_id: int) -> list[Event]:
 
 
 def outbound_by_dedupe_key(session: Session, key: str) -> OutboundMail | None:
-    return session.scalar(select(OutboundMail).where(OutboundMail.dedupe_key == key))
+    conversation_repo.flush_for(session, OutboundMail)
+    found = session.connection().execute(_OUTBOUND_BY_KEY, {"key": key}).scalar()
+    return None if found is None else session.get(OutboundMail, found)
+
+
+_OUTBOUND_BY_KEY = select(OutboundMail.id).where(OutboundMail.dedupe_key == bindparam("key"))
 
 
 def automatic_mails_since(session: Session, *, recipient: str | None = None, ticket_id: int | None = None,

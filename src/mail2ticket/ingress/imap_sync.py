@@ -12,8 +12,8 @@ every poll. A pass on a selected folder goes through these states:
 | SEARCH     | UID SEARCH last+1:* NOT DELETED NOT KEYWORD; filter uid > last | nothing changed yet                   |
 | SIZE       | FETCH RFC822.SIZE; over the limit → headers only, quarantined  | nothing changed yet                   |
 | FETCH      | BODY.PEEK[] in batches (count and byte bounded); never \\Seen  | partial data discarded, re-fetched    |
-| INTAKE     | intake.store per message + planned action in one transaction   | row and action both there, or neither |
-| CURSOR     | last_uid := highest UID of the batch                           | refetch → dedupe (source key, hash)   |
+| INTAKE     | the batch's rows + planned actions + cursor, one transaction   | all of them there, or none            |
+| CURSOR     | last_uid := highest UID of the batch (same transaction)        | refetch → dedupe (source key, hash)   |
 | ACT        | flag / move / delete after the commit, then mark actions done  | REPLAY on the next pass               |
 | SETTLE     | pending actions of an old UIDVALIDITY: remapped or explained   | settled on the next complete pass     |
 
@@ -39,7 +39,7 @@ from mail2ticket.db.models import InboundMessage, InboundState
 from mail2ticket.failpoints import failpoint
 from mail2ticket.ingress.imap_actions import KEYWORD, Outcome, ServerCaps, perform
 from mail2ticket.ingress.imap_conn import ImapClient, take_exists_note
-from mail2ticket.intake import Envelope, store
+from mail2ticket.intake import Envelope, Prepared, insert_or_existing, prepare
 
 log = structlog.get_logger("mail2ticket.imap")
 
@@ -166,51 +166,55 @@ class FolderSync:
 
     def _ingest(self, client: ImapClient, uidvalidity: int, batch: list[tuple[int, int]],
                 report: PassReport) -> list[_Planned]:
+        """Store a fetched batch, its planned server actions and the new cursor in one transaction (one fsync)."""
         uids = [uid for uid, _ in batch]
         data = client.fetch(uids, ["BODY.PEEK[]"])
-        planned: list[_Planned] = []
+        fetched: list[tuple[int, Prepared]] = []
         for uid in uids:
-            raw = data.get(uid, {}).get(b"BODY[]")
+            raw = data.pop(uid, {}).get(b"BODY[]")
             if raw is None:  # expunged between SEARCH and FETCH: nothing to ingest, nothing to act on
                 report.gone += 1
                 continue
-            planned.append(self._store(bytes(raw), uidvalidity, uid, self.box.after, report))
+            fetched.append((uid, prepare(bytes(raw), self._envelope(uidvalidity, uid))))
+        del data
+        planned: list[_Planned] = []
         with unit_of_work(self.factory) as session:
+            for uid, prepared in fetched:
+                planned.append(self._store(session, prepared, uidvalidity, uid, self.box.after, report))
             repo_imap.advance_cursor(session, self.box.name, self.folder, uidvalidity, uids[-1], self.clock())
         if planned:
             self.on_stored()
         return planned
 
-    def _store(self, raw: bytes, uidvalidity: int, uid: int, action: str, report: PassReport,
-               quarantine_reason: str | None = None) -> _Planned:
-        action_ids: list[int] = []
+    def _envelope(self, uidvalidity: int, uid: int) -> Envelope:
+        return Envelope(source="imap", mailbox=self.box.name,
+                        source_key=f"imap:{self.box.name}:{self.folder}:{uidvalidity}:{uid}")
 
+    def _store(self, session: Session, prepared: Prepared, uidvalidity: int, uid: int, action: str,
+               report: PassReport, quarantine_reason: str | None = None) -> _Planned:
+        """Inside the caller's transaction: the intake row (or the existing one) and its planned server action."""
         def record(session: Session, row: InboundMessage) -> None:
             if quarantine_reason is not None:
                 row.state = InboundState.QUARANTINED
                 row.reason = quarantine_reason
                 row.processed_at = self.clock()
-            action_ids.append(repo_imap.plan_action(
-                session, inbound_id=row.id, mailbox=self.box.name, folder=self.folder, uidvalidity=uidvalidity,
-                uid=uid, action=action, message_id=row.message_id, content_hash=row.content_hash))
 
-        envelope = Envelope(source="imap", mailbox=self.box.name,
-                            source_key=f"imap:{self.box.name}:{self.folder}:{uidvalidity}:{uid}")
-        stored = store(self.factory, raw, envelope, extra=record)
+        stored = insert_or_existing(session, prepared, record)
+        new = not stored.duplicate
+        action_id = repo_imap.plan_action(
+            session, inbound_id=stored.inbound_id, mailbox=self.box.name, folder=self.folder, uidvalidity=uidvalidity,
+            uid=uid, action=action, message_id=prepared.message_id if new else None,
+            content_hash=prepared.content_hash if new else None)
         if stored.duplicate:
             # Already stored (refetch after a crash, a rescan, or the same mail twice): still acknowledge it.
-            with unit_of_work(self.factory) as session:
-                action_ids.append(repo_imap.plan_action(
-                    session, inbound_id=stored.inbound_id, mailbox=self.box.name, folder=self.folder,
-                    uidvalidity=uidvalidity, uid=uid, action=action, message_id=None, content_hash=None))
             report.duplicates += 1
         elif quarantine_reason is not None:
             report.quarantined += 1
         else:
             report.stored += 1
         self.log.info("imap_message_stored", uid=uid, inbound_id=stored.inbound_id, duplicate=stored.duplicate,
-                      size=len(raw), quarantined=quarantine_reason is not None and not stored.duplicate)
-        return _Planned(action_ids[0], uid, action)
+                      size=prepared.size, quarantined=quarantine_reason is not None and new)
+        return _Planned(action_id, uid, action)
 
     def _quarantine_oversize(self, client: ImapClient, caps: ServerCaps, uidvalidity: int, uid: int, size: int,
                              report: PassReport) -> None:
@@ -225,8 +229,9 @@ class FolderSync:
         reason = (f"message too large: {size} bytes, limit {self.max_size}; only the headers were fetched, "
                   + (f"the message was moved to {target!r} on the server" if target
                      else "the message stays in the mailbox, marked $Mail2Ticket"))
-        planned = self._store(bytes(header), uidvalidity, uid, action, report, quarantine_reason=reason)
+        prepared = prepare(bytes(header), self._envelope(uidvalidity, uid))
         with unit_of_work(self.factory) as session:
+            planned = self._store(session, prepared, uidvalidity, uid, action, report, quarantine_reason=reason)
             repo_imap.advance_cursor(session, self.box.name, self.folder, uidvalidity, uid, self.clock())
         self.log.warning("imap_message_oversize", uid=uid, size=size, limit=self.max_size, action=action)
         self._act(client, caps, [planned], report)

@@ -9,8 +9,15 @@
 | DATA  | intake commit failed (DB locked/down)   | 451 4.3.0, never 5xx                      |
 | any   | unexpected exception                    | 451 4.3.0 without internals (logged only) |
 
-Blocking work (the database) runs in a thread pool, never on the event loop. In LMTP mode the reply to
-DATA has one line per accepted recipient, as RFC 2033 requires.
+Blocking work (the database) never runs on the event loop: the message goes to the intake committer
+(`group_commit`), which stores the messages of all sessions in shared transactions, one fsync per batch, and
+DATA is answered once the transaction holding this message has committed. In LMTP mode the reply to DATA has
+one line per accepted recipient, as RFC 2033 requires.
+
+Memory: DATA is collected into parts of about 1 MiB (`PartsEnvelope.parts`) instead of aiosmtpd's list of
+one object per line joined into a second full copy at the end; intake hashes and stores the parts without
+joining them. The framing rules (CRLF-only line ends, the lone-dot terminator, dot-unstuffing, the line and
+size limits) are aiosmtpd 1.4.6's, copied from its `smtp_DATA`, which includes the SMTP smuggling fix.
 """
 
 from __future__ import annotations
@@ -18,14 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import aiosmtpd
 import structlog
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import MISSING, SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
@@ -35,7 +41,12 @@ from mail2ticket.intake import Envelope, Stored
 
 log = structlog.get_logger("mail2ticket.smtp")
 
-StoreFn = Callable[[bytes, Envelope], Stored]
+
+class Intake(Protocol):
+    """Where DATA goes: returns once the message is committed durably (raises when it is not)."""
+
+    async def store(self, parts: Sequence[bytes], envelope: Envelope) -> Stored: ...
+
 
 OK = "250 2.0.0 OK: queued as {id}"
 TEMPFAIL = "451 4.3.0 Temporary failure, please try again later"
@@ -67,10 +78,9 @@ def recipient_accepted(address: str, own_addresses: frozenset[str], domain: str)
 class IntakeHandler:
     """aiosmtpd handler: one hook per SMTP verb, each returning the reply string."""
 
-    def __init__(self, config: Callable[[], Config], store: StoreFn, executor: Executor, protocol: str) -> None:
+    def __init__(self, config: Callable[[], Config], intake: Intake, protocol: str) -> None:
         self._config = config
-        self._store = store
-        self._executor = executor
+        self._intake = intake
         self._protocol = protocol
         self.accepting = True
         self.in_flight = 0
@@ -97,9 +107,13 @@ class IntakeHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: SmtpEnvelope) -> str:
-        raw = envelope.original_content
-        if not isinstance(raw, bytes):
+        if isinstance(envelope, PartsEnvelope) and envelope.parts is not None:
+            parts: Sequence[bytes] = envelope.parts
+        elif isinstance(envelope.original_content, bytes):
+            parts = (envelope.original_content,)
+        else:
             return TEMPFAIL
+        size = sum(len(p) for p in parts)
         intake = Envelope(
             source=self._protocol,
             mail_from=envelope.mail_from or "",
@@ -108,15 +122,14 @@ class IntakeHandler:
         )
         self.in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            stored = await loop.run_in_executor(self._executor, self._store, raw, intake)
+            stored = await self._intake.store(parts, intake)
         except Exception:
-            log.exception("smtp_intake_failed", size=len(raw))
+            log.exception("smtp_intake_failed", size=size)
             return self._reply(TEMPFAIL, envelope)
         finally:
             self.in_flight -= 1
         failpoint("smtp.after_commit_before_reply")
-        log.info("smtp_received", inbound_id=stored.inbound_id, duplicate=stored.duplicate, size=len(raw),
+        log.info("smtp_received", inbound_id=stored.inbound_id, duplicate=stored.duplicate, size=size,
                  recipients=len(envelope.rcpt_tos))
         return self._reply(OK.format(id=stored.inbound_id), envelope)
 
@@ -130,8 +143,108 @@ class IntakeHandler:
         return TEMPFAIL
 
 
+class PartsEnvelope(SmtpEnvelope):
+    """aiosmtpd's envelope plus the message as the parts DATA collected (None until DATA is complete)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes] | None = None
+
+
+PART_BYTES = 1 << 20
+
+
+class _PartCollector:
+    """Appends DATA lines into parts of about PART_BYTES; one copy of the message, plus at most one part."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self._current = bytearray()
+
+    def add(self, line: bytes) -> None:
+        # RFC 5321 4.5.2: a leading dot was added by the client for transparency; remove it.
+        self._current += memoryview(line)[1:] if line[:1] == b"." else line
+        if len(self._current) >= PART_BYTES:
+            self.parts.append(bytes(self._current))
+            self._current = bytearray()
+
+    def discard(self) -> None:
+        self.parts.clear()
+        self._current = bytearray()
+
+    def finish(self) -> list[bytes]:
+        if self._current or not self.parts:
+            self.parts.append(bytes(self._current))
+            self._current = bytearray()
+        return self.parts
+
+
 class _ShutdownAwareSMTP(SMTP):
     handler_ref: IntakeHandler
+
+    def _create_envelope(self) -> PartsEnvelope:
+        return PartsEnvelope()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd 1.4.6's DATA with the lines collected into ~1 MiB parts instead of one object per line."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, PartsEnvelope)
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        collector = _PartCollector()
+        num_bytes = 0
+        limit = self.data_size_limit
+        fragments: list[bytes] = []
+        state = "nominal"  # | "too_long" | "too_much"
+        while self.transport is not None:  # pragma: nobranch
+            try:
+                # Only CRLF ends a line (RFC 5321 2.3.8): a bare LF or CR never ends DATA (SMTP smuggling).
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as exc:
+                # The line exceeds the stream limit: answer once all data is in (RFC 5321 4.2.5), keep nothing.
+                if state == "nominal":
+                    state = "too_long"
+                collector.discard()
+                line = await self._reader.read(exc.consumed)
+            if not fragments and line == b".\r\n":
+                break
+            num_bytes += len(line)
+            if state == "nominal" and limit and num_bytes > limit:
+                state = "too_much"
+                collector.discard()
+            fragments.append(line)
+            if line.endswith(b"\r\n"):
+                if state == "nominal":
+                    whole = line if len(fragments) == 1 else b"".join(fragments)
+                    if len(whole) > self.line_length_limit:
+                        state = "too_long"
+                        collector.discard()
+                    else:
+                        collector.add(whole)
+                fragments.clear()
+        if state != "nominal":
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)" if state == "too_long"
+                            else "552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        envelope.parts = collector.finish()
+        if len(envelope.parts) == 1:  # aiosmtpd's fields, for small messages (no copy: the same object)
+            envelope.content = envelope.original_content = envelope.parts[0]
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     def connection_made(self, transport: Any) -> None:
         if not self.handler_ref.accepting:

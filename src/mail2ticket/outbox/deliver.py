@@ -2,6 +2,14 @@
 
 Errors are sorted at this edge: `TransientDeliveryError` is retried with backoff, `PermanentDeliveryError`
 fails the row at once. The envelope is validated before smtplib sees it.
+
+`SmtpDeliverer` keeps its smarthost connection between mails, the way Postfix's SMTP client caches
+connections: the worker's batch of claimed rows (and the next batch, if it comes soon) goes over one session,
+one SMTP transaction (MAIL, RCPT, DATA) per row, so each row still gets its own result. A kept connection is
+probed with NOOP before it is used again (nothing of the mail is sent on a connection that may be dead, so a
+stale session costs a reconnect, never a duplicate), is closed after `IDLE_CLOSE_SECONDS` without use (a
+background thread says QUIT), and is replaced after `MAX_MAILS_PER_CONNECTION` mails or `MAX_CONNECTION_SECONDS`.
+A refused recipient fails its row only; the session goes on with the next one.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import re
 import smtplib
 import socket
 import ssl
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -66,39 +76,126 @@ class FolderDeliverer:
 
 
 class SmtpDeliverer:
+    # Postfix's smtp_connection_cache_time_limit (2 s) and smtp_connection_reuse_time_limit (300 s).
+    IDLE_CLOSE_SECONDS = 2.0
+    MAX_CONNECTION_SECONDS = 300.0
+    MAX_MAILS_PER_CONNECTION = 100
+
     def __init__(self, config: SmtpOutConfig, password: str | None, local_hostname: str = "localhost") -> None:
         self.config = config
         self.password = password
         self.local_hostname = local_hostname
+        self._lock = threading.Lock()
+        self._client: smtplib.SMTP | None = None
+        self._opened_at = 0.0
+        self._last_used = 0.0
+        self._mails = 0
+        self.connections_opened = 0  # for tests and metrics: how many sessions this deliverer started
 
     def deliver(self, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
         sender, rcpt = _checked_envelope(envelope_from, recipient)
-        cfg = self.config
-        try:
-            client: smtplib.SMTP
-            if cfg.security == "tls":
-                client = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, local_hostname=self.local_hostname,
-                                          context=ssl.create_default_context())
-            else:
-                client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout, local_hostname=self.local_hostname)
-            with client:
-                client.ehlo()
-                if cfg.security == "starttls":
-                    client.starttls(context=ssl.create_default_context())
-                    client.ehlo()
-                if cfg.username:
-                    client.login(cfg.username, self.password or "")
-                refused = client.sendmail(sender, [rcpt], raw)
+        with self._lock:
+            try:
+                client = self._session()
+                try:
+                    refused = client.sendmail(sender, [rcpt], raw)
+                finally:
+                    self._last_used = time.monotonic()
+                    self._mails += 1
                 if refused:
                     code, text = next(iter(refused.values()))
                     raise _error(code, text)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, text = next(iter(exc.recipients.values()))
-            raise _error(code, text) from exc
-        except smtplib.SMTPResponseException as exc:
-            raise _error(exc.smtp_code, exc.smtp_error) from exc
-        except (smtplib.SMTPException, OSError, socket.timeout) as exc:
-            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+            except smtplib.SMTPRecipientsRefused as exc:
+                self._keep_if_open()
+                code, text = next(iter(exc.recipients.values()))
+                raise _error(code, text) from exc
+            except smtplib.SMTPResponseException as exc:
+                self._keep_if_open()
+                raise _error(exc.smtp_code, exc.smtp_error) from exc
+            except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+                self._drop()
+                raise TransientDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+            except (TransientDeliveryError, PermanentDeliveryError):
+                raise
+            except BaseException:
+                self._drop()
+                raise
+
+    def close(self) -> None:
+        """QUIT the kept connection, if any (the next delivery opens a new one)."""
+        with self._lock:
+            self._drop()
+
+    def _session(self) -> smtplib.SMTP:
+        """The kept connection if it is young enough and answers NOOP, else a new one (lock held)."""
+        client = self._client
+        if client is not None:
+            now = time.monotonic()
+            if (self._mails < self.MAX_MAILS_PER_CONNECTION and now - self._opened_at < self.MAX_CONNECTION_SECONDS
+                    and self._answers_noop(client)):
+                return client
+            self._drop()
+        client = self._connect()
+        self._client = client
+        self._opened_at = self._last_used = time.monotonic()
+        self._mails = 0
+        self.connections_opened += 1
+        threading.Thread(target=self._close_when_idle, args=(client,), name="smtp-out-idle", daemon=True).start()
+        return client
+
+    @staticmethod
+    def _answers_noop(client: smtplib.SMTP) -> bool:
+        try:
+            code, _ = client.noop()
+        except (smtplib.SMTPException, OSError):
+            return False
+        return code == 250
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        client: smtplib.SMTP
+        if cfg.security == "tls":
+            client = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout, local_hostname=self.local_hostname,
+                                      context=ssl.create_default_context())
+        else:
+            client = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout, local_hostname=self.local_hostname)
+        try:
+            client.ehlo()
+            if cfg.security == "starttls":
+                client.starttls(context=ssl.create_default_context())
+                client.ehlo()
+            if cfg.username:
+                client.login(cfg.username, self.password or "")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _keep_if_open(self) -> None:
+        """After a refused MAIL/RCPT/DATA smtplib has sent RSET (or closed the session on 421)."""
+        if self._client is not None and self._client.sock is None:
+            self._drop()
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.quit()
+        except (smtplib.SMTPException, OSError):
+            client.close()
+
+    def _close_when_idle(self, client: smtplib.SMTP) -> None:
+        """Background: QUIT `client` once it has been idle for IDLE_CLOSE_SECONDS; ends when it is gone."""
+        while True:
+            with self._lock:
+                if self._client is not client:
+                    return
+                idle_left = self._last_used + self.IDLE_CLOSE_SECONDS - time.monotonic()
+                if idle_left <= 0:
+                    self._drop()
+                    return
+            time.sleep(idle_left)
 
 
 def _error(code: int, text: bytes | str) -> Exception:

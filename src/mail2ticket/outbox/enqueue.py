@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from mail2ticket import tokens
 from mail2ticket.db import conversation_repo, repo
@@ -75,9 +77,21 @@ def conversation_for(session: Session, runtime: Runtime, ticket: Ticket) -> byte
     return key or tokens.synthetic_conversation(ticket.id, runtime.secret, ticket.created_at)
 
 
+def _names_ticket(key: str, ticket_id: int) -> bool:
+    """Whether a dedupe key is one of a ticket's own (`ack:<id>`, `notify:<id>:…`, `status:<id>:…`)."""
+    parts = key.split(":", 2)
+    return len(parts) > 1 and parts[1] == str(ticket_id)
+
+
 def enqueue(session: Session, runtime: Runtime, ticket: Ticket, request: MailRequest,
             now: dt.datetime) -> OutboundMail | None:
-    if repo.outbound_by_dedupe_key(session, request.dedupe_key) is not None:
+    fresh = conversation_repo.fresh_ticket(session, ticket.id)
+    if fresh is not None and _names_ticket(request.dedupe_key, ticket.id):
+        # A key naming a ticket that did not exist before this savepoint can only be one enqueued in it (a row
+        # left by an earlier ticket with a reused id went with that ticket: ON DELETE CASCADE).
+        if request.dedupe_key in fresh.dedupe_keys:
+            return None
+    elif repo.outbound_by_dedupe_key(session, request.dedupe_key) is not None:
         return None
     config = runtime.config
     queue = config.queue_by_name(ticket.queue)
@@ -129,5 +143,18 @@ def enqueue(session: Session, runtime: Runtime, ticket: Ticket, request: MailReq
     )
     session.add(row)
     session.flush()
-    row.envelope_from = verp_address(row.id, runtime.secret, config.daemon.domain)
+    # The VERP address names the row, so it needs the id the INSERT gave it: a second statement, written at
+    # once through the connection (cheaper than a dirty attribute in the next ORM flush) and recorded as the
+    # row's loaded value.
+    envelope_from = verp_address(row.id, runtime.secret, config.daemon.domain)
+    session.connection().execute(_SET_ENVELOPE_FROM, {"row_id": row.id, "envelope_from": envelope_from})
+    set_committed_value(row, "envelope_from", envelope_from)
+    conversation_repo.note_enqueued(session, ticket.id, request.dedupe_key)
     return row
+
+
+_SET_ENVELOPE_FROM = (
+    update(OutboundMail)
+    .where(OutboundMail.id == bindparam("row_id"))
+    .values(envelope_from=bindparam("envelope_from"))
+)

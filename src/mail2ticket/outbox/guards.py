@@ -18,7 +18,8 @@ counters), so limits hold across restarts and across several instances. In order
 The two sender checks are what keeps a forged-sender flood (T28: 1,000 mails "from" a victim) down to one
 acknowledgement, and stop a naive auto-responder answering each acknowledgement with a fresh mail (T25)
 after the first round; the rate limits alone would still allow 5 an hour. Every refusal for a limit is
-logged (`automatic_mail_refused`), so an admin sees the circuit breaker trip.
+logged (`automatic_mail_refused`), so an admin sees the circuit breaker trip. The counts behind the last four
+checks are read in one statement (`db.outbox_queries.guard_counts`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mail2ticket.config.model import LoopProtectionConfig
-from mail2ticket.db import repo
+from mail2ticket.db.outbox_queries import guard_counts
 from mail2ticket.db.models import Ticket
 
 log = structlog.get_logger("mail2ticket.guards")
@@ -76,23 +77,19 @@ def _refusal(session: Session, recipient: str | None, ticket_id: int | None, own
         return "own_address"
     if is_noreply(recipient, loop.noreply_patterns):
         return "noreply_address"
-    if tickets_from(session, recipient, since=now - dt.timedelta(hours=1)) > loop.per_recipient_per_hour:
-        return "sender_flood"
     recent = now - dt.timedelta(minutes=10)
-    if tickets_from(session, recipient, since=recent) >= 2 and repo.automatic_mails_since(
-        session, recipient=recipient, since=recent
-    ):
+    counts = guard_counts(session, recipient=recipient, ticket_id=ticket_id, recent=recent,
+                          hour=now - dt.timedelta(hours=1), day=now - dt.timedelta(days=1))
+    if counts.tickets_hour > loop.per_recipient_per_hour:
+        return "sender_flood"
+    if counts.tickets_recent >= 2 and counts.mails_recent:
         return "sender_burst"
-    hour = repo.automatic_mails_since(session, recipient=recipient, since=now - dt.timedelta(hours=1))
-    if hour >= loop.per_recipient_per_hour:
+    if counts.mails_hour >= loop.per_recipient_per_hour:
         return "rate_limit_recipient_hour"
-    day = repo.automatic_mails_since(session, recipient=recipient, since=now - dt.timedelta(days=1))
-    if day >= loop.per_recipient_per_day:
+    if counts.mails_day >= loop.per_recipient_per_day:
         return "rate_limit_recipient_day"
-    if ticket_id is not None:
-        recent_on_ticket = repo.automatic_mails_since(session, ticket_id=ticket_id, since=recent)
-        if recent_on_ticket >= loop.per_ticket_per_10_minutes:
-            return "rate_limit_ticket"
+    if ticket_id is not None and counts.ticket_mails_recent >= loop.per_ticket_per_10_minutes:
+        return "rate_limit_ticket"
     return None
 
 

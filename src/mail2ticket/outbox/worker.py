@@ -8,6 +8,11 @@
 | permanent error            | failed (event on the ticket)                  |
 | instance dies mid-send     | stays `sending` until the lease expires, then |
 |                            | another worker resends with the same bytes    |
+
+A claimed batch is sent row by row through the one deliverer, so with SMTP it shares one smarthost session
+(see `outbox.deliver.SmtpDeliverer`), and each row's result is committed right after its own send: a crash
+between send and commit can double at most that one mail (T20). The daemon wakes this worker after every
+processed message; otherwise it sleeps until the next row is due.
 """
 
 from __future__ import annotations

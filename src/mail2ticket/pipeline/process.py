@@ -24,15 +24,25 @@ the control-flow vocabulary into row states:
 | unexpected exception (a bug)                    | quarantined     | none; reason names the exception type        |
 
 Parse and classify run once, in the parse worker (`parse_guard`), never on this thread's stack, so no input
-can hang or crash processing. `Ignore`/`Quarantine` raised by a stage roll the transaction back; the row's
-outcome is then written in a second short transaction. Outcomes that carry effects (bounces) are returned
-instead, so their effects commit together with the row.
+can hang or crash processing. `Ignore`/`Quarantine` raised by a stage roll the message's savepoint back; the
+row's outcome is then written in its place. Outcomes that carry effects (bounces) are returned instead, so
+their effects commit together with the row.
+
+Batches. A commit costs an fsync, and on SQLite the write lock is the whole database, so messages are
+processed in batches: a batch of waiting ids is chosen, a helper thread parses them ahead in the parse worker
+(`parse_ahead`, the second core), and this thread stores every parsed message in a savepoint of one
+transaction. On SQLite the batch is chosen without the write lock, each row is re-checked under it, and the
+transaction commits as soon as the next parse is not ready, so the lock is never held while waiting for the
+parser. On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
+and kept small, because the ticket-number counter stays row-locked until the commit. Nothing leaves the
+machine inside a transaction: acknowledgements are outbox rows, sent after the commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -40,12 +50,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db import repo
-from mail2ticket.db.engine import unit_of_work
+from mail2ticket.db.engine import read_only, unit_of_work, writers_waiting
 from mail2ticket.db.models import InboundMessage, InboundState
 from mail2ticket.failpoints import failpoint
 from mail2ticket.outcomes import Ignore, Quarantine
-from mail2ticket.parse_guard import ParseGuard, ParseWorkerUnavailable
+from mail2ticket.parse import Limits
+from mail2ticket.parse_guard import Analysed, ParseGuard, ParseWorkerUnavailable
 from mail2ticket.pipeline import automated, conversation
+from mail2ticket.pipeline.parse_ahead import NOT_READY, NotReady, ParseAhead, Prepared
 from mail2ticket.runtime import Runtime, Services
 
 log = structlog.get_logger("mail2ticket.process")
@@ -53,6 +65,11 @@ log = structlog.get_logger("mail2ticket.process")
 MAX_TRANSIENT_ATTEMPTS = 8
 # IntegrityError: another instance won a race on a unique key (participant, dedupe key); a retry sees its row.
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
+SQLITE_BATCH = 64  # messages per batch and at most per transaction
+POSTGRES_BATCH = 8  # small: the ticket counter row stays locked until the commit, other instances wait for it
+BATCH_BYTES = 32 << 20  # raw bytes per batch (a batch always takes at least one message)
+RUN_WAIT_SECONDS = 0.005  # how long a transaction waits for the next parse before it commits
+MAX_RUN_SECONDS = 0.5  # how long one transaction may hold the SQLite write lock at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +81,13 @@ class Result:
 
 
 class Processor:
-    """Claims stored messages one at a time and processes each in its own transaction."""
+    """Claims stored messages in batches and stores each in its own savepoint of one transaction per run."""
 
     def __init__(self, services: Services, runtime: Callable[[], Runtime]) -> None:
         self.services = services
         self.runtime = runtime
         self.guard = ParseGuard()
-        # What the failed transaction learnt (rolled back with it), kept for the outcome row.
+        # What the failed savepoint learnt (rolled back with it), kept for the outcome row.
         self._defects: list[str] | None = None
         self._kind: str | None = None
 
@@ -80,85 +97,168 @@ class Processor:
 
     def process_next(self, only: int | None = None) -> Result | None:
         """Process the oldest waiting message (or just `only`); None when there is nothing to do."""
-        claimed_id: int | None = None
-        self._defects, self._kind = None, None
-        try:
-            with unit_of_work(self.services.factory) as session:
-                inbound = repo.claim_next_inbound(session, self.services.clock(), only=only)
-                if inbound is None:
-                    return None
-                claimed_id = inbound.id
-                return self._process(session, inbound)
-        except Quarantine as outcome:
-            assert claimed_id is not None
-            return self._finish(claimed_id, InboundState.QUARANTINED, outcome.reason)
-        except Ignore as outcome:
-            assert claimed_id is not None
-            return self._finish(claimed_id, InboundState.IGNORED, outcome.reason)
-        except TRANSIENT_ERRORS as exc:
-            if claimed_id is None:
-                raise
-            return self._defer(claimed_id, exc)
-        except Exception as exc:
-            if claimed_id is None:
-                raise
-            log.exception("processing_failed", inbound_id=claimed_id)
-            return self._finish(claimed_id, InboundState.QUARANTINED, f"internal error: {type(exc).__name__}")
+        results = self.process_batch(limit=1, only=() if only is None else (only,))
+        return results[0] if results else None
+
+    def process_batch(self, limit: int | None = None, only: Sequence[int] = ()) -> list[Result]:
+        """Process up to `limit` waiting messages (or those of `only` that wait); [] when there is nothing to do."""
+        factory, now = self.services.factory, self.services.clock()
+        if self.services.engine.dialect.name == "sqlite":
+            with read_only(factory) as session:
+                ids = repo.waiting_inbound(session, now, limit=limit or SQLITE_BATCH, max_bytes=BATCH_BYTES,
+                                           only=only)
+            if not ids:
+                return []
+            results: list[Result] = []
+            with self._parse_ahead(ids) as ahead:
+                item = ahead.next()
+                while isinstance(item, Prepared):
+                    item = self._store_run(ahead, item, results)
+            return results
+        return self._claimed_batch(limit or POSTGRES_BATCH, only, now)
 
     def drain(self, limit: int | None = None) -> int:
         count = 0
         while limit is None or count < limit:
-            if self.process_next() is None:
+            results = self.process_batch(limit=None if limit is None else min(SQLITE_BATCH, limit - count))
+            if not results:
                 break
-            count += 1
+            count += len(results)
         return count
+
+    # --- runs and batches -----------------------------------------------------------------------------
+
+    def _parse_ahead(self, ids: Sequence[int]) -> ParseAhead:
+        def limits() -> tuple[Limits, float, tuple[str, ...]]:
+            runtime = self.runtime()
+            config = runtime.config
+            return runtime.limits, config.limits.parse_timeout, tuple(config.loop_protection.noreply_patterns)
+
+        return ParseAhead(self.services.factory, self.guard, ids, limits=limits)
+
+    def _store_run(self, ahead: ParseAhead, first: Prepared, results: list[Result]) -> Prepared | None:
+        """Store `first` and every further result that is ready in one transaction; return the next one.
+
+        The transaction commits when the next parse is not ready within RUN_WAIT_SECONDS, so the SQLite write
+        lock is held for storing only, never while the parser works; and as soon as another thread (SMTP intake)
+        waits for the lock, so a relay's 250 never waits for a whole batch.
+        """
+        run: list[int] = []
+        stored: list[Result] = []
+        started = time.monotonic()
+        following: Prepared | NotReady | None = None
+        try:
+            with unit_of_work(self.services.factory) as session:
+                rows = repo.inbound_rows(session, ahead.ids[ahead.ids.index(first.inbound_id):])
+                item = first
+                while True:
+                    run.append(item.inbound_id)
+                    if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
+                        stored.append(result)
+                    if (len(run) >= SQLITE_BATCH or time.monotonic() - started > MAX_RUN_SECONDS
+                            or writers_waiting(self.services.engine)):
+                        following = NOT_READY
+                        break
+                    following = ahead.next(RUN_WAIT_SECONDS)
+                    if not isinstance(following, Prepared):
+                        break
+                    item = following
+        except TRANSIENT_ERRORS as exc:  # the commit failed: nothing of this run is stored
+            stored = [self._defer(inbound_id, exc) for inbound_id in run]
+        results.extend(stored)
+        nxt = ahead.next() if isinstance(following, NotReady) else following
+        return nxt if isinstance(nxt, Prepared) else None
+
+    def _claimed_batch(self, limit: int, only: Sequence[int], now: dt.datetime) -> list[Result]:
+        run: list[int] = []
+        results: list[Result] = []
+        try:
+            with unit_of_work(self.services.factory) as session:
+                run = repo.waiting_inbound(session, now, limit=limit, max_bytes=BATCH_BYTES, only=only, claim=True)
+                if not run:
+                    return []
+                rows = repo.inbound_rows(session, run)
+                with self._parse_ahead(run) as ahead:
+                    while isinstance(item := ahead.next(), Prepared):
+                        if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
+                            results.append(result)
+        except TRANSIENT_ERRORS as exc:
+            if not run:
+                raise
+            return [self._defer(inbound_id, exc) for inbound_id in run]
+        return results
+
+    def _one(self, session: Session, item: Prepared, inbound: InboundMessage | None) -> Result | None:
+        """One message in its own savepoint; None if it no longer waits (processed meanwhile by another process).
+
+        `inbound` was loaded in this transaction: under SQLite's write lock, or claimed (PostgreSQL).
+        """
+        self._defects, self._kind = None, None
+        try:
+            with session.begin_nested():
+                if inbound is None or inbound.state != InboundState.NEW:
+                    return None
+                if item.error is not None:
+                    raise item.error
+                assert item.analysed is not None
+                return self._process(session, inbound, item.analysed)
+        except Quarantine as outcome:
+            return self._finish(session, item.inbound_id, InboundState.QUARANTINED, outcome.reason)
+        except Ignore as outcome:
+            return self._finish(session, item.inbound_id, InboundState.IGNORED, outcome.reason)
+        except TRANSIENT_ERRORS as exc:
+            return self._postpone(session, item.inbound_id, exc)
+        except Exception as exc:
+            log.exception("processing_failed", inbound_id=item.inbound_id)
+            return self._finish(session, item.inbound_id, InboundState.QUARANTINED,
+                                f"internal error: {type(exc).__name__}")
 
     # --- outcomes ---------------------------------------------------------------------------------
 
-    def _finish(self, inbound_id: int, state: InboundState, reason: str) -> Result:
-        with unit_of_work(self.services.factory) as session:
-            row = repo.lock_waiting_inbound(session, inbound_id)
-            if row is None:  # another instance finished it after our transaction rolled back: keep its result
-                return Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
-            row.state = state
-            row.reason = reason[:2000]
-            row.attempts += 1
-            row.processed_at = self.services.clock()
-            if self._defects is not None:
-                row.defects = self._defects
-            if self._kind is not None:
-                row.classification = self._kind
-            repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
+    def _finish(self, session: Session, inbound_id: int, state: InboundState, reason: str) -> Result | None:
+        row = repo.lock_waiting_inbound(session, inbound_id)
+        if row is None:
+            return None
+        row.state = state
+        row.reason = reason[:2000]
+        row.attempts += 1
+        row.processed_at = self.services.clock()
+        if self._defects is not None:
+            row.defects = self._defects
+        if self._kind is not None:
+            row.classification = self._kind
+        repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
         level = log.warning if state == InboundState.QUARANTINED else log.info
         level("message_" + state.value, inbound_id=inbound_id, reason=reason)
         return Result(inbound_id, state, reason=reason)
 
-    def _defer(self, inbound_id: int, exc: Exception) -> Result:
-        with unit_of_work(self.services.factory) as session:
-            row = repo.lock_waiting_inbound(session, inbound_id)
-            if row is None:
-                return Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
-            row.attempts += 1
-            if row.attempts >= MAX_TRANSIENT_ATTEMPTS:
-                row.state = InboundState.QUARANTINED
-                row.reason = f"gave up after {row.attempts} transient errors: {type(exc).__name__}"
-            else:
-                row.not_before = self.services.clock() + dt.timedelta(seconds=min(300, 2**row.attempts))
+    def _postpone(self, session: Session, inbound_id: int, exc: Exception) -> Result | None:
+        """A transient failure: try again later with backoff; quarantine after MAX_TRANSIENT_ATTEMPTS."""
+        row = repo.lock_waiting_inbound(session, inbound_id)
+        if row is None:
+            return None
+        row.attempts += 1
+        if row.attempts >= MAX_TRANSIENT_ATTEMPTS:
+            row.state = InboundState.QUARANTINED
+            row.reason = f"gave up after {row.attempts} transient errors: {type(exc).__name__}"
+        else:
+            row.not_before = self.services.clock() + dt.timedelta(seconds=min(300, 2**row.attempts))
         log.warning("processing_deferred", inbound_id=inbound_id, error=type(exc).__name__)
         return Result(inbound_id, InboundState.NEW, reason=f"deferred: {type(exc).__name__}")
 
+    def _defer(self, inbound_id: int, exc: Exception) -> Result:
+        """`_postpone` in a transaction of its own, after the run's transaction failed."""
+        with unit_of_work(self.services.factory) as session:
+            result = self._postpone(session, inbound_id, exc)
+        return result or Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
+
     # --- the stages ---------------------------------------------------------------------------------
 
-    def _process(self, session: Session, inbound: InboundMessage) -> Result:
+    def _process(self, session: Session, inbound: InboundMessage, analysed: Analysed) -> Result:
         runtime = self.runtime()
         config = runtime.config
         now = self.services.clock()
         bound = log.bind(inbound_id=inbound.id, message_id=inbound.message_id, mailbox=inbound.mailbox)
-        assert inbound.raw is not None
-        self.guard.cpu_seconds = config.limits.parse_timeout
-        analysed = self.guard.analyse(inbound.raw.data, runtime.limits, envelope_from=inbound.envelope_from,
-                                      envelope_to=inbound.envelope_to,
-                                      noreply_patterns=config.loop_protection.noreply_patterns)
         parsed, classification = analysed.parsed, analysed.classification
         inbound.defects = list(parsed.defects)[:50]
         inbound.classification = classification.kind

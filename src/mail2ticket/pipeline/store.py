@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 from sqlalchemy.orm import Session
 
-from mail2ticket.db import repo
-from mail2ticket.db.models import Article, Attachment, AttachmentContent, InboundMessage, Ticket
+from mail2ticket.db import conversation_repo, repo, repo_raw
+from mail2ticket.db.models import Article, Attachment, InboundMessage, Ticket
 from mail2ticket.parse import ParsedAttachment, ParsedMail
 from mail2ticket.rules import Decision
 from mail2ticket.text.filenames import display_filename
@@ -57,6 +57,9 @@ def create_ticket(
     )
     session.add(ticket)
     session.flush()
+    # Nothing outside this savepoint can refer to the ticket yet: its participants, mails and articles are
+    # the ones added from now on, so the processing functions answer questions about them from memory.
+    conversation_repo.register_fresh_ticket(session, ticket)
     return ticket
 
 
@@ -101,9 +104,10 @@ def add_inbound_article(
     )
     session.add(article)
     session.flush()
+    _added(session, ticket, article)
     for attachment in expand_attachments(parsed.attachments):
         add_attachment(session, article, attachment)
-    ticket.updated_at = now
+    _touch(ticket, now)
     return article
 
 
@@ -141,8 +145,22 @@ def add_outbound_article(
     )
     session.add(article)
     session.flush()
-    ticket.updated_at = now
+    _added(session, ticket, article)
+    _touch(ticket, now)
     return article
+
+
+def _added(session: Session, ticket: Ticket, article: Article) -> None:
+    fresh = conversation_repo.fresh_ticket(session, ticket.id)
+    if fresh is not None and fresh.first_article is None:
+        fresh.first_article = article
+
+
+def _touch(ticket: Ticket, now: dt.datetime) -> None:
+    """Set `updated_at`, unless it already holds this very value (a new ticket's first article): an unchanged
+    ticket does not need the flush before the guard counts (`conversation_repo.flush_for`)."""
+    if ticket.__dict__.get("updated_at") is not now:  # loaded and the same object; never loads or compares
+        ticket.updated_at = now
 
 
 def expand_attachments(attachments: tuple[ParsedAttachment, ...]) -> Iterator[ParsedAttachment]:
@@ -164,9 +182,7 @@ def expand_attachments(attachments: tuple[ParsedAttachment, ...]) -> Iterator[Pa
 
 def add_attachment(session: Session, article: Article, attachment: ParsedAttachment) -> None:
     digest = hashlib.sha256(attachment.data).hexdigest()
-    if session.get(AttachmentContent, digest) is None:
-        session.add(AttachmentContent(sha256=digest, size=len(attachment.data), data=attachment.data))
-        session.flush()
+    repo_raw.add_content(session, digest, attachment.data)
     session.add(
         Attachment(
             article_id=article.id,

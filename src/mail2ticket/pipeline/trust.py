@@ -70,7 +70,7 @@ def relay_results(parsed: ParsedMail, trusted_ids: tuple[str, ...]) -> str | Non
     if not trusted_ids:
         return None
     wanted = {t.lower() for t in trusted_ids}
-    for name, value in parsed.msg.raw_items():
+    for name, value in parsed.header_fields():
         key = name.strip().lower()
         if key not in _TRACE:
             return None  # the sender's own headers start here; nothing below is the relay's

@@ -1,0 +1,91 @@
+"""Large bytes (raw messages, attachment contents): written and read in pieces, never as one more copy.
+
+Intake hands the bytes over as a sequence of parts (SMTP DATA arrives in ~1 MiB pieces). On SQLite a large
+message is inserted as `zeroblob(size)` and then filled part by part through SQLite's incremental blob I/O,
+so neither a joined copy nor SQLite's own bound-parameter and record copies of the whole message exist at
+any moment (a 34 MB mail held three such copies before). Small messages, and PostgreSQL (whose driver
+needs one buffer), take the ordinary bound-parameter path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import cast
+
+from sqlalchemy import func, insert, literal_column, select
+from sqlalchemy.orm import Session
+
+from mail2ticket.db.models import AttachmentContent, RawMessage
+
+# Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
+STREAM_THRESHOLD = 1 << 20
+
+
+def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int) -> None:
+    """Insert the raw bytes of inbound row `inbound_id` (already flushed) inside the current transaction."""
+    if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=data))
+        return
+    session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=func.zeroblob(size)))
+    # inbound_id is an INTEGER PRIMARY KEY, i.e. the rowid; asked rather than assumed (one indexed lookup).
+    rowid = session.scalar(select(literal_column("rowid")).select_from(RawMessage)
+                           .where(RawMessage.inbound_id == inbound_id))
+    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
+    if rowid is None:
+        raise RuntimeError(f"raw_message row {inbound_id} vanished inside its own transaction")
+    with dbapi.blobopen("raw_message", "data", int(rowid)) as blob:
+        for part in parts:
+            blob.write(part)
+
+
+def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -> tuple[int, Iterator[bytes]]:
+    """Size and bytes (in pieces of `piece`, read lazily) of a stored message; LookupError if it is gone.
+
+    On SQLite the pieces come from incremental blob I/O, so neither SQLite nor this process holds the whole
+    message at once (reading the column would: SQLite assembles the blob, Python copies it).
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        data = session.scalar(select(RawMessage.data).where(RawMessage.inbound_id == inbound_id))
+        if data is None:
+            raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
+        return len(data), iter((bytes(data),))
+    row = session.execute(select(literal_column("rowid"), func.length(RawMessage.data))
+                          .where(RawMessage.inbound_id == inbound_id)).one_or_none()
+    if row is None:
+        raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
+    rowid, size = int(row[0]), int(row[1])
+    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
+
+    def pieces() -> Iterator[bytes]:
+        with dbapi.blobopen("raw_message", "data", rowid, readonly=True) as blob:
+            while chunk := blob.read(piece):
+                yield chunk
+
+    return size, pieces()
+
+
+def add_content(session: Session, sha256: str, data: bytes) -> None:
+    """Store attachment bytes once per sha256 (nothing happens when they are stored already).
+
+    A large attachment is streamed into a zeroblob on SQLite: binding it whole would make SQLite copy it twice
+    (the bound value and the record it builds), 50 MB more peak memory for a 25 MB file.
+    """
+    known = session.scalar(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == sha256))
+    if known is not None:
+        return
+    size = len(data)
+    if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
+        session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=data))
+        return
+    session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=func.zeroblob(size)))
+    rowid = session.scalar(select(literal_column("rowid")).select_from(AttachmentContent)
+                           .where(AttachmentContent.sha256 == sha256))
+    if rowid is None:
+        raise RuntimeError(f"attachment_content row {sha256} vanished inside its own transaction")
+    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
+    view = memoryview(data)
+    with dbapi.blobopen("attachment_content", "data", int(rowid)) as blob:
+        for start in range(0, size, STREAM_THRESHOLD):
+            blob.write(view[start : start + STREAM_THRESHOLD])
