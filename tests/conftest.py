@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from mail2ticket.db.engine import make_engine, make_sessionmaker
+from mail2ticket.db.schema import upgrade
 from tests.support.app import App
 from tests.support.smtp_sink import SmtpSink
 
@@ -145,6 +148,15 @@ def _database(request: pytest.FixtureRequest, backend: str, tmp_path: Path, *, m
 def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Iterator[str]:
     """A fresh database of the requested backend: PostgreSQL already at the head revision, SQLite empty."""
     yield from _database(request, backend, tmp_path, migrated=True)
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a migrated database of the chosen backend (for tests of one stage without the daemon)."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -13,23 +13,14 @@ from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket import intake
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
+from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage, RawMessage
-from mail2ticket.db.schema import upgrade
 from mail2ticket.failpoints import FailpointError
 from mail2ticket.group_commit import GroupCommitter
 from mail2ticket.intake import Envelope, Stored, prepare, store
 from tests.support.mails import citizen_mail
 
 SMTP = Envelope("smtp", mail_from="erika@example.org", rcpt_to=("buergerbuero@stadt.example",))
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture

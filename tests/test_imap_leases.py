@@ -10,25 +10,14 @@ import datetime as dt
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.db import leases
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
-from mail2ticket.db.schema import upgrade
+from mail2ticket.db.engine import unit_of_work
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
 TTL = dt.timedelta(seconds=60)
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def acquire(factory: sessionmaker[Session], owner: str, now: dt.datetime, name: str = "imap:bauamt:INBOX") -> bool:

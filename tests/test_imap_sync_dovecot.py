@@ -8,29 +8,19 @@ Place in the test suite: drives `FolderSync.sync_pass` directly (fast, no daemon
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from imapclient import IMAPClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config.model import MailboxConfig
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
+from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import ActionState, ImapAction, InboundMessage, InboundState
-from mail2ticket.db.schema import upgrade
 from mail2ticket.ingress.imap_sync import FolderSync
 from tests.support.dovecot import Dovecot, ImapUser
 from tests.support.mails import citizen_mail
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def make_sync(factory: sessionmaker[Session], folder: str = "INBOX", *, max_size: int = 10_000_000,

@@ -9,7 +9,7 @@ against a real Dovecot in test_imap_sync_dovecot.py and test_imap_daemon.py.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,9 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config.model import MailboxConfig
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
+from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import ActionState, ImapAction, InboundMessage, InboundState, MailboxState
-from mail2ticket.db.schema import upgrade
 from mail2ticket.ingress.imap_actions import KEYWORD
 from mail2ticket.ingress.imap_sync import FolderSync
 from tests.support.mails import citizen_mail
@@ -142,14 +141,6 @@ class FakeImap:
 
 
 BOX = {"name": "bauamt", "host": "127.0.0.1", "security": "none", "username": "u", "password_env": "X"}
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def make_sync(factory: sessionmaker[Session], *, max_size: int = 1_000_000, **box: Any) -> FolderSync:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import random
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -13,24 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config.model import LoopProtectionConfig
 from mail2ticket.db import repo
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
+from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import OutboundMail, Ticket
 from mail2ticket.db.outbox_queries import guard_counts
-from mail2ticket.db.schema import upgrade
 from mail2ticket.outbox.guards import refuse_automatic_mail
 
 NOW = dt.datetime(2026, 1, 8, 12, 0, tzinfo=dt.UTC)
 ADDRESSES = ["victim@example.org", "other@example.org", "third@example.org"]
 AGES = [dt.timedelta(seconds=s) for s in (0, 30, 599, 600, 601, 1800, 3599, 3600, 3601, 80_000, 86_400, 86_401,
                                           200_000)]
-
-
-@pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _separate_counts(session: Session, recipient: str, ticket_id: int | None) -> tuple[int, ...]:

@@ -13,7 +13,6 @@ idle_in_transaction_session_timeout ends a session whose process is alive but st
 from __future__ import annotations
 
 import contextlib
-import threading
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +21,8 @@ import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
+
+from mail2ticket.db.write_gate import WriteGate
 
 log = structlog.get_logger("mail2ticket.db")
 
@@ -78,46 +79,25 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    waiting = _Waiting()
-    _WAITING[engine] = waiting
+    _GATES[engine] = WriteGate(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         # A read-only unit (`read_only`) must not take the write lock: WAL readers never block the writer.
-        if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
-            return
-        with waiting:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
-class _Waiting:
-    """How many of this process's threads wait for SQLite's write lock right now."""
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self.count = 0
-
-    def __enter__(self) -> None:
-        with self._mutex:
-            self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._mutex:
-            self.count -= 1
-
-
-_WAITING: weakref.WeakKeyDictionary[Engine, _Waiting] = weakref.WeakKeyDictionary()
+_GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
 
 
 def writers_waiting(engine: Engine) -> bool:
-    """Whether another thread of this process waits for the SQLite write lock (always False on PostgreSQL).
+    """Whether another thread of this process waits to write (always False on PostgreSQL).
 
     A long transaction (a processing run) ends early when this is true, so an SMTP intake commit, whose
     client waits for the 250, does not queue behind a whole batch.
     """
-    waiting = _WAITING.get(engine)
-    return waiting is not None and waiting.count > 0
+    gate = _GATES.get(engine)
+    return gate is not None and gate.waiting()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -137,9 +117,13 @@ def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 @contextlib.contextmanager
 def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on any exception."""
-    with factory() as session, session.begin():
-        yield session
+    """One transaction: commit on success, roll back on any exception. On SQLite it waits its turn behind this
+    process's other writers first (`write_gate`)."""
+    bind = factory.kw.get("bind")
+    gate = _GATES.get(bind) if isinstance(bind, Engine) else None
+    with gate.held() if gate is not None else contextlib.nullcontext():
+        with factory() as session, session.begin():
+            yield session
 
 
 def check_durability(engine: Engine, *, allow_unsafe: bool) -> None:

@@ -37,6 +37,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from mail2ticket.config.model import Config, SmtpInConfig
 from mail2ticket.failpoints import failpoint
+from mail2ticket.ingress.smtp_data import BLOCK_BYTES, read_data
 from mail2ticket.intake import Envelope, Stored
 
 log = structlog.get_logger("mail2ticket.smtp")
@@ -151,34 +152,6 @@ class PartsEnvelope(SmtpEnvelope):
         self.parts: list[bytes] | None = None
 
 
-PART_BYTES = 1 << 20
-
-
-class _PartCollector:
-    """Appends DATA lines into parts of about PART_BYTES; one copy of the message, plus at most one part."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self._current = bytearray()
-
-    def add(self, line: bytes) -> None:
-        # RFC 5321 4.5.2: a leading dot was added by the client for transparency; remove it.
-        self._current += memoryview(line)[1:] if line[:1] == b"." else line
-        if len(self._current) >= PART_BYTES:
-            self.parts.append(bytes(self._current))
-            self._current = bytearray()
-
-    def discard(self) -> None:
-        self.parts.clear()
-        self._current = bytearray()
-
-    def finish(self) -> list[bytes]:
-        if self._current or not self.parts:
-            self.parts.append(bytes(self._current))
-            self._current = bytearray()
-        return self.parts
-
-
 class _ShutdownAwareSMTP(SMTP):
     handler_ref: IntakeHandler
 
@@ -186,7 +159,7 @@ class _ShutdownAwareSMTP(SMTP):
         return PartsEnvelope()
 
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd 1.4.6's DATA with the lines collected into ~1 MiB parts instead of one object per line."""
+        """aiosmtpd 1.4.6's DATA, read in blocks into ~1 MiB parts (`smtp_data`) instead of line by line."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -200,46 +173,21 @@ class _ShutdownAwareSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        collector = _PartCollector()
-        num_bytes = 0
-        limit = self.data_size_limit
-        fragments: list[bytes] = []
-        state = "nominal"  # | "too_long" | "too_much"
-        while self.transport is not None:  # pragma: nobranch
-            try:
-                # Only CRLF ends a line (RFC 5321 2.3.8): a bare LF or CR never ends DATA (SMTP smuggling).
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.CancelledError:
-                self._writer.close()
-                raise
-            except asyncio.LimitOverrunError as exc:
-                # The line exceeds the stream limit: answer once all data is in (RFC 5321 4.2.5), keep nothing.
-                if state == "nominal":
-                    state = "too_long"
-                collector.discard()
-                line = await self._reader.read(exc.consumed)
-            if not fragments and line == b".\r\n":
-                break
-            num_bytes += len(line)
-            if state == "nominal" and limit and num_bytes > limit:
-                state = "too_much"
-                collector.discard()
-            fragments.append(line)
-            if line.endswith(b"\r\n"):
-                if state == "nominal":
-                    whole = line if len(fragments) == 1 else b"".join(fragments)
-                    if len(whole) > self.line_length_limit:
-                        state = "too_long"
-                        collector.discard()
-                    else:
-                        collector.add(whole)
-                fragments.clear()
-        if state != "nominal":
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)" if state == "too_long"
-                            else "552 Error: Too much mail data")
+        reader = self._reader
+        line_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(line_limit, BLOCK_BYTES)  # type: ignore[attr-defined]  # fewer transport pauses
+        try:
+            result = await read_data(reader, line_length_limit=self.line_length_limit, size_limit=self.data_size_limit)
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
+        finally:
+            reader._limit = line_limit  # type: ignore[attr-defined]
+        if result.error is not None:
+            await self.push(result.error)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        envelope.parts = collector.finish()
+        envelope.parts = result.parts
         if len(envelope.parts) == 1:  # aiosmtpd's fields, for small messages (no copy: the same object)
             envelope.content = envelope.original_content = envelope.parts[0]
         status = await self._call_handler_hook("DATA")

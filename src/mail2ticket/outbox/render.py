@@ -56,6 +56,7 @@ class Renderer:
                 keep_trailing_newline=False,
                 trim_blocks=True,
                 lstrip_blocks=True,
+                auto_reload=False,  # templates change on SIGHUP (a new Renderer), not by a stat() per mail
             )
             self._envs[key] = env
         return env

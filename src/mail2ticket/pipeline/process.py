@@ -65,7 +65,8 @@ log = structlog.get_logger("mail2ticket.process")
 MAX_TRANSIENT_ATTEMPTS = 8
 # IntegrityError: another instance won a race on a unique key (participant, dedupe key); a retry sees its row.
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
-SQLITE_BATCH = 64  # messages per batch and at most per transaction
+SQLITE_BATCH = 256  # messages per batch: the parse-ahead pipeline restarts (runs empty) once per batch
+RUN_MESSAGES = 64  # messages per transaction at most
 POSTGRES_BATCH = 8  # small: the ticket counter row stays locked until the commit, other instances wait for it
 BATCH_BYTES = 32 << 20  # raw bytes per batch (a batch always takes at least one message)
 RUN_WAIT_SECONDS = 0.005  # how long a transaction waits for the next parse before it commits
@@ -155,7 +156,7 @@ class Processor:
                     run.append(item.inbound_id)
                     if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
                         stored.append(result)
-                    if (len(run) >= SQLITE_BATCH or time.monotonic() - started > MAX_RUN_SECONDS
+                    if (len(run) >= RUN_MESSAGES or time.monotonic() - started > MAX_RUN_SECONDS
                             or writers_waiting(self.services.engine)):
                         following = NOT_READY
                         break

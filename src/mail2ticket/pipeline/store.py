@@ -81,8 +81,13 @@ def add_inbound_article(
     internal: bool = False,
     now: dt.datetime,
     text: str | None = None,
+    need_id: bool = True,
 ) -> Article:
-    """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines)."""
+    """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines).
+
+    Without `need_id` the caller promises not to read `article.id`: the article is then inserted by the next
+    flush (or query over articles) instead of a flush of its own, unless attachments need the id now.
+    """
     full = body_text(parsed) if text is None else text
     article = Article(
         ticket_id=ticket.id,
@@ -103,7 +108,8 @@ def add_inbound_article(
         created_at=now,
     )
     session.add(article)
-    session.flush()
+    if need_id or parsed.attachments:
+        session.flush()
     _added(session, ticket, article)
     for attachment in expand_attachments(parsed.attachments):
         add_attachment(session, article, attachment)

@@ -1,0 +1,72 @@
+"""First come, first served: the write transactions of one process on one SQLite database, one at a time.
+
+SQLite has one write lock. A thread that finds it taken sleeps in SQLite's busy handler (naps of 1, 2, 5 …
+100 ms) and is never told when it comes free; a thread that commits and begins again at once (processing
+working off a backlog) takes the lock again before the napping thread wakes. The SMTP intake committer,
+whose clients wait for their 250, then waited hundreds of milliseconds. With this gate the writers of this
+process queue in arrival order and the gate is handed to the next one on commit; SQLite's busy handler is
+left for other processes (the CLI, a second instance).
+
+A long writer (a processing run) asks `waiting()` between messages and commits early when someone queues.
+A writer that waits longer than the timeout goes on without the gate: a bug can slow writers, never stop them.
+The gate is reentrant per thread, so a unit of work opened inside another one does not wait for itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class WriteGate:
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._mutex = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+
+    def waiting(self) -> bool:
+        """Whether another thread waits for the gate right now."""
+        return bool(self._waiters)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        acquired = self._acquire()
+        try:
+            yield
+        finally:
+            if acquired:
+                self._release()
+
+    def _acquire(self) -> bool:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner in (None, me):
+                self._owner = me
+                self._depth += 1
+                return True
+            ticket = threading.Lock()
+            ticket.acquire()
+            entry = (me, ticket)
+            self._waiters.append(entry)
+        if ticket.acquire(timeout=self.timeout):
+            return True  # handed over by `_release`, which made us the owner
+        with self._mutex:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+                return False
+        return True  # handed over between the timeout and the mutex
+
+    def _release(self) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._owner = None
+            if self._waiters:
+                owner, ticket = self._waiters.popleft()
+                self._owner, self._depth = owner, 1
+                ticket.release()
