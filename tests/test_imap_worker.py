@@ -19,9 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from mail2ticket.config.model import MailboxConfig
 from mail2ticket.ingress.imap import ConnectionDead, FolderWorker, backoff_delay
 from mail2ticket.runtime import Services
-from tests.test_imap_sync_fake import FakeImap, factory
+from tests.test_imap_sync_fake import FakeImap
 
-__all__ = ["factory"]
 
 
 class ScriptedIdle(FakeImap):

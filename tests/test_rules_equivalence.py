@@ -138,7 +138,7 @@ def regex(draw: st.DrawFn) -> str:
     return draw(st.sampled_from([
         ea, rf"\b{ea}\s+{eb}\b", f"{ea}|{eb}", f"^{ea}", f"{ea}$", f"(?:{ea})?{eb}", f"{ea}.*{eb}",
         f"(?:{ea}|{eb}){{2}}", rf"{ea}\s*:?\s*\d+\b", f"(?-i:{ea})", f"[{ea[:1]}x]{ea[1:]}", f"(?={ea}){eb}",
-        f"{ea}(?!{eb})", rf"(\w+) \1", f"{ea[:2]}.{ea[3:]}", ".", "",
+        f"{ea}(?!{eb})", r"(\w+) \1", f"{ea[:2]}.{ea[3:]}", ".", "",
     ]))
 
 
