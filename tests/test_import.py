@@ -71,3 +71,16 @@ def test_import_without_archive_acknowledges_and_skips_non_mail(app: App, tmp_pa
     assert len(app.tickets()) == 3
     assert outbound_count(app) == 3
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_import_processes_every_message_even_when_a_batch_is_cut_short_by_size(
+        app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A processing batch is bounded in bytes; the import must still turn every stored message into a ticket."""
+    from mail2ticket.pipeline import process
+
+    monkeypatch.setattr(process, "BATCH_BYTES", 1)  # every batch takes exactly one message
+    start = dt.datetime(2024, 3, 1, 9, 0, tzinfo=dt.UTC)
+    box = write_mbox(tmp_path / "alt.mbox", [old_mail(i, start) for i in range(5)])
+    summary = app.json("import", "--archive", str(box))
+    assert summary["stored"] == 5 and summary["processed"] == 5 and summary["deferred"] == 0
+    assert len(app.tickets()) == 5

@@ -32,12 +32,12 @@ from mail2ticket.cli.common import (
 from mail2ticket.cli.ingest_cmd import looks_like_mail
 from mail2ticket.ingress.files import InputError, RawInput, count_inputs, iter_inputs
 from mail2ticket.intake import Envelope, Prepared, prepare, store_many
-from mail2ticket.pipeline.process import Processor
+from mail2ticket.pipeline.process import Processor, Result
 from mail2ticket.progress import Progress
 
 
 # Messages stored per transaction and then processed as one batch; bounded in bytes as well (memory).
-CHUNK_MESSAGES = 64
+CHUNK_MESSAGES = 256
 CHUNK_BYTES = 32 << 20
 
 
@@ -52,6 +52,15 @@ def _chunks(items: Iterable[RawInput]) -> Iterator[list[RawInput]]:
             chunk, size = [], 0
     if chunk:
         yield chunk
+
+
+def _process_all(processor: Processor, ids: list[int]) -> Iterator[Result]:
+    """Process every waiting message of `ids`; a processing batch may take fewer (it is bounded in bytes)."""
+    pending = ids
+    while pending and (results := processor.process_batch(only=pending)):
+        yield from results
+        handled = {result.inbound_id for result in results}
+        pending = [inbound_id for inbound_id in pending if inbound_id not in handled]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,7 +114,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 if args.queue_only or not stored:
                     continue
                 # Duplicates may still be waiting (an earlier run was interrupted): the batch skips done rows.
-                for result in processor.process_batch(only=[s.inbound_id for s in stored]):
+                for result in _process_all(processor, [s.inbound_id for s in stored]):
                     counts[result.state.value] += 1
                     if result.ticket_number:
                         tickets.add(result.ticket_number)

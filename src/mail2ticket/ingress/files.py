@@ -68,6 +68,16 @@ def _release(data: bytes, upto: int) -> int:
     return upto
 
 
+def _spans_releasing(data: bytes) -> Iterator[tuple[int, int]]:
+    """`mbox_spans`, giving the pages read so far back every RELEASE_EVERY bytes (a 4 GB mbox stays ~16 MB)."""
+    released = 0
+    for start, stop in mbox_spans(data):
+        yield start, stop
+        if stop - released > RELEASE_EVERY:
+            released = _release(data, stop)
+    _release(data, len(data))
+
+
 def mbox_spans(data: bytes) -> Iterator[tuple[int, int]]:
     """(start, stop) of each message of an mbox, exactly as `mailbox.mbox` splits it, in one C-speed scan.
 
@@ -110,11 +120,8 @@ def iter_path(path: Path) -> Iterator[RawInput]:
         raise InputError(f"{path}: no such file or directory")
     if _is_mbox(path):
         with _mapped(path) as data:
-            released = 0
-            for index, (start, stop) in enumerate(mbox_spans(data)):
+            for index, (start, stop) in enumerate(_spans_releasing(data)):
                 yield RawInput(f"{path}#{index + 1}", data[start:stop])
-                if stop - released > RELEASE_EVERY:
-                    released = _release(data, stop)
         return
     yield RawInput(str(path), _single(path))
 
@@ -138,8 +145,7 @@ def count_inputs(paths: list[str]) -> int | None:
             total += len(mailbox.Maildir(path, factory=None, create=False))
         elif path.is_file() and _is_mbox(path):
             with _mapped(path) as data:
-                total += sum(1 for _ in mbox_spans(data))
-                _release(data, len(data))
+                total += sum(1 for _ in _spans_releasing(data))
         elif path.is_dir():
             total += sum(1 for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         else:
