@@ -13,19 +13,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mail2ticket.addresses import envelope_address, normalize_address, parse_address_list
 from mail2ticket.headers import (
-    UnsafeValue,
-    clean_text,
-    envelope_address,
     format_address,
     message_id,
-    normalize_address,
-    parse_address_list,
     serialize_checked,
     set_address,
     set_header,
     strip_control_headers,
 )
+from mail2ticket.safe_text import UnsafeValue, clean_text
 from tests.support.corpus import corpus_dir
 
 EVIL_EW = "=?utf-8?q?x=0D=0ABcc:_evil@x?="
@@ -542,10 +539,10 @@ def test_unfoldable_display_name_is_dropped_not_fatal() -> None:
 
 def test_unsafe_character_check_is_exactly_the_category_rule() -> None:
     """The one-regex check refuses exactly line breaks, Cc except TAB, and lone surrogates, over all code points."""
-    from mail2ticket.headers import _LINE_BREAKS, _has_unsafe_char
+    from mail2ticket.safe_text import _LINE_BREAKS, has_unsafe_char
 
     def by_category(ch: str) -> bool:
         cat = unicodedata.category(ch)
         return ch in _LINE_BREAKS or (cat == "Cc" and ch != "\t") or cat == "Cs"
 
-    assert [c for c in range(0x110000) if _has_unsafe_char(chr(c)) != by_category(chr(c))] == []
+    assert [c for c in range(0x110000) if has_unsafe_char(chr(c)) != by_category(chr(c))] == []

@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mail2ticket.headers import UnsafeValue, address_line, header_line, set_address, set_header
+from mail2ticket.headers import address_line, header_line, set_address, set_header
+from mail2ticket.safe_text import UnsafeValue
 from mail2ticket.outbox.compose import Addressing, _compose_message, compose
 from mail2ticket.outbox.render import Rendered
 

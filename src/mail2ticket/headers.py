@@ -1,8 +1,10 @@
-"""Header and address safety for generated mail (RELIABILITY.md P11, test T31).
+"""Header safety for generated mail (RELIABILITY.md P11, test T31); addresses are in `addresses`, display text
+in `safe_text`.
 
 Place in the pipeline: every stage that *reads* addresses from inbound mail (ingress, classify) normalises them
-here, and every stage that *writes* mail (outbox, status mails, auto-replies) builds its header values and SMTP
-envelope here.  Nothing taken from an inbound message may add a header to generated mail.
+with `addresses`, and every stage that *writes* mail (outbox, status mails, auto-replies) builds its header values
+here and its SMTP envelope with `addresses.envelope_address`.  Nothing taken from an inbound message may add a
+header to generated mail.
 
 Python 3.11.7 lacks the fixes for two stdlib bugs, so this module does not rely on them:
 
@@ -29,9 +31,7 @@ part can be *matched* (:func:`normalize_address` keeps them) but not *written* (
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
-from email import _header_value_parser as _parser
 from email import policy as _policy
 from email.headerregistry import Address, AddressHeader, BaseHeader
 from email.message import EmailMessage
@@ -39,262 +39,44 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-import idna
+from mail2ticket.addresses import domain_to_ascii, parse_list, split_addr_spec
+from mail2ticket.safe_text import _ENCODED_WORD_START, UnsafeValue, clean_text, defang_encoded_words, has_unsafe_char
 
 __all__ = [
-    "UnsafeValue",
     "address_line",
     "check_wire_message",
-    "clean_text",
-    "envelope_address",
     "format_address",
     "header_line",
     "message_id",
-    "normalize_address",
-    "parse_address_list",
     "serialize_checked",
+    "set_address",
     "set_header",
     "strip_control_headers",
 ]
 
-MAX_ADDRESS_LEN = 254  # RFC 5321 path limit minus the angle brackets
-MAX_LOCAL_LEN = 64
-MAX_DOMAIN_LEN = 253
 MAX_HEADER_VALUE_LEN = 16_384  # far above any sane generated header; bounds folding work
-_MAX_PARSE_INPUT = 65_536  # address-list input beyond this is not parsed at all (parser cost)
-
-# Characters that end a line for *some* consumer: str.splitlines(), the email parser, MUAs (U+2028/U+2029, NEL).
-_LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
-# Unicode categories removed from display text: controls, format chars (bidi overrides/isolates, zero-width
-# chars, BOM, soft hyphen, tag chars), lone surrogates, line/paragraph separators.
-_DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-# What _has_unsafe_char looks for, as one character class: every line break above, category Cc (exactly U+0000-U+001F
-# and U+007F-U+009F; Unicode keeps that set fixed) except TAB, and category Cs (exactly U+D800-U+DFFF).
-_UNSAFE_CHAR_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 _FTEXT_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 field name; 76 so "Name: " fits in 78
-_ATOM_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+")
-_ASCII_ATOM_RE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+")
-_LDH_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MSGID_UNIQUE_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
-_ENCODED_WORD_START = "=?"
 
 _SMTP = _policy.SMTP
 _DEFAULT = _policy.default
-
-
-class UnsafeValue(ValueError):
-    """A value that must not reach a generated header or the SMTP envelope."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Free text
-
-
-def clean_text(value: str | None, *, max_len: int = 200, ellipsis: str = "…") -> str:
-    """Single-line display text: decodes nothing, removes CR, LF, NUL, all C0/C1 controls, U+2028/U+2029, bidi
-    overrides/isolates, zero-width chars; collapses whitespace runs to one space; strips; NFC; truncates to max_len
-    chars (on a grapheme-ish boundary: never splits a base character from its combining marks)."""
-    if max_len < 0:
-        raise ValueError("max_len must be >= 0")
-    if not value:
-        return ""
-    out: list[str] = []
-    for ch in str(value):
-        if ch in _LINE_BREAKS or ch == "\t" or ch.isspace():
-            out.append(" ")
-        elif unicodedata.category(ch) not in _DROP_CATEGORIES:
-            out.append(ch)
-    text = unicodedata.normalize("NFC", " ".join("".join(out).split()))
-    if len(text) <= max_len:
-        return text
-    tail = clean_text(ellipsis, max_len=len(ellipsis), ellipsis="") if ellipsis else ""
-    if len(tail) >= max_len:
-        tail = ""
-    cut = max_len - len(tail)
-    while 0 < cut < len(text) and unicodedata.category(text[cut]).startswith("M"):
-        cut -= 1
-    return text[:cut].rstrip() + tail
-
-
-def _has_unsafe_char(value: str) -> bool:
-    """True if value contains a line break, NUL or other control character (TAB excepted) or a lone surrogate."""
-    return _UNSAFE_CHAR_RE.search(value) is not None
-
-
-def _defang_encoded_words(value: str) -> str:
-    """Break literal ``=?`` so the email package cannot decode free text as an RFC 2047 encoded word."""
-    while _ENCODED_WORD_START in value:
-        value = value.replace(_ENCODED_WORD_START, "= ?")
-    return value
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Addresses
-
-
-def _domain_to_ascii(domain: str) -> str | None:
-    """Lower-cased, IDNA 2008 (UTS #46, non-transitional) A-label form of a host name, or None if invalid."""
-    if not domain or domain.endswith(".") or len(domain) > 4 * MAX_DOMAIN_LEN:
-        return None
-    if domain.isascii():
-        ascii_domain = domain.lower()
-        if "xn--" in ascii_domain:  # an A-label must be valid Punycode of a valid U-label
-            try:
-                idna.decode(ascii_domain)
-            except (idna.IDNAError, UnicodeError, ValueError):
-                return None
-    else:
-        try:
-            ascii_domain = idna.encode(domain, uts46=True, transitional=False).decode("ascii")
-        except (idna.IDNAError, UnicodeError, ValueError):
-            return None
-    if len(ascii_domain) > MAX_DOMAIN_LEN:
-        return None
-    if not all(_LDH_LABEL_RE.fullmatch(label) for label in ascii_domain.split(".")):
-        return None
-    return ascii_domain
-
-
-def _local_part_ok(local: str, *, ascii_only: bool) -> bool:
-    """Dot-atom local part (quoted local parts are refused), at most 64 characters, printable only."""
-    if not local or len(local) > MAX_LOCAL_LEN:
-        return False
-    atom = _ASCII_ATOM_RE if ascii_only else _ATOM_RE
-    if not all(atom.fullmatch(part) for part in local.split(".")):
-        return False
-    # Non-ASCII is allowed (RFC 6532) but only letters, marks, numbers, punctuation and symbols.
-    return all(ch.isascii() or unicodedata.category(ch)[0] in "LMNPS" for ch in local)
-
-
-def _split_addr_spec(addr: str, *, ascii_local: bool) -> tuple[str, str] | None:
-    """(local, A-label domain) for a bare ``local@domain`` string, or None if it is not one strict addr-spec."""
-    if not addr or len(addr) > 4 * MAX_ADDRESS_LEN or _has_unsafe_char(addr) or addr.count("@") != 1:
-        return None
-    local, domain = addr.split("@")
-    if not _local_part_ok(local, ascii_only=ascii_local):
-        return None
-    ascii_domain = _domain_to_ascii(domain)
-    if ascii_domain is None or len(local) + 1 + len(ascii_domain) > MAX_ADDRESS_LEN:
-        return None
-    return local, ascii_domain
-
-
-def _normalize_mailbox(mailbox: _parser.Mailbox) -> str | None:
-    """Lower-cased ``local@a-label-domain`` for one parsed mailbox, or None."""
-    try:
-        local = mailbox.local_part
-        domain = mailbox.domain
-    except (AttributeError, IndexError, TypeError):
-        return None
-    if not isinstance(local, str) or not isinstance(domain, str):
-        return None
-    parts = _split_addr_spec(f"{local}@{domain}", ascii_local=False)
-    if parts is None:
-        return None
-    return unicodedata.normalize("NFC", parts[0].lower()) + "@" + parts[1]
-
-
-def _parse_list(value: str) -> _parser.AddressList | None:
-    """Run the RFC 5322 address-list parser; None if it fails or leaves unparsed text."""
-    if len(value) > _MAX_PARSE_INPUT:
-        return None
-    # Unfold (CRLF + WSP); any other line break or NUL makes the whole value untrustworthy.
-    value = re.sub(r"\r?\n(?=[ \t])", "", value)
-    if _has_unsafe_char(value):
-        return None
-    try:
-        address_list, rest = _parser.get_address_list(value)
-    except Exception:  # noqa: BLE001 - the stdlib parser raises assorted errors on hostile input; never propagate
-        return None
-    return address_list if not rest else None
-
-
-def normalize_address(value: str | None) -> str | None:
-    """Parse one mailbox (possibly "Name <a@b>") strictly; return the lower-cased addr-spec 'local@domain' (domain
-    lower-cased and IDNA A-label encoded; local part lower-cased and NFC, non-ASCII local parts kept) or None if it
-    is not exactly one syntactically valid address (groups, multiple addresses, missing @, CR/LF/NUL, >254 chars,
-    quoted local parts, domain literals → None)."""
-    if not isinstance(value, str) or not value.strip() or len(value) > 4 * MAX_ADDRESS_LEN:
-        return None
-    parsed = _parse_list(value)
-    if parsed is None:
-        return None
-    try:
-        if len(parsed.addresses) != 1 or len(parsed.all_mailboxes) != 1 or len(parsed.mailboxes) != 1:
-            return None
-        if parsed.addresses[0].token_type != "address" or parsed.addresses[0][0].token_type == "group":
-            return None
-        defects = [d for d in parsed.all_defects if type(d).__name__ != "NonASCIILocalPartDefect"]
-        if defects:
-            return None
-        return _normalize_mailbox(parsed.mailboxes[0])
-    except Exception:  # noqa: BLE001 - parse-tree accessors can raise on odd trees; "not an address"
-        return None
-
-
-def parse_address_list(value: str | None, *, limit: int = 1000) -> list[tuple[str, str]]:
-    """(display_name_cleaned, normalized_addr) for each valid mailbox in a To/Cc-like header value (group members
-    included, the group itself not); skips invalid ones; never raises; stops after `limit`."""
-    if not isinstance(value, str) or limit <= 0:
-        return []
-    parsed = _parse_list(value)
-    if parsed is None:
-        return []
-    result: list[tuple[str, str]] = []
-    try:
-        mailboxes = parsed.mailboxes
-    except Exception:  # noqa: BLE001 - see _parse_list
-        return []
-    for mailbox in mailboxes:
-        addr = _normalize_mailbox(mailbox)
-        if addr is None:
-            continue
-        try:
-            name = mailbox.display_name
-        except Exception:  # noqa: BLE001 - a broken display name only loses the name, not the address
-            name = None
-        result.append((clean_text(name if isinstance(name, str) else None), addr))
-        if len(result) >= limit:
-            break
-    return result
-
-
-def envelope_address(value: str) -> str:
-    """Validate an SMTP envelope address before it reaches smtplib; return it with the domain lower-cased and in
-    A-label form (the local part is returned unchanged).
-
-    Raises UnsafeValue on CR, LF, NUL or any control/whitespace character, '<', '>', a quoted or non-ASCII local
-    part (we do not speak SMTPUTF8), length > 254, or not exactly one '@'.  The empty string is allowed: it is the
-    null reverse-path used for bounces and auto-replies."""
-    if not isinstance(value, str):
-        raise UnsafeValue("envelope address must be a str")
-    if value == "":
-        return ""
-    if len(value) > MAX_ADDRESS_LEN:
-        raise UnsafeValue("envelope address longer than 254 characters")
-    if any(ch in "<>" or ch.isspace() or unicodedata.category(ch) in _DROP_CATEGORIES for ch in value):
-        raise UnsafeValue("envelope address contains a control, whitespace or angle-bracket character")
-    parts = _split_addr_spec(value, ascii_local=True)
-    if parts is None:
-        raise UnsafeValue("envelope address is not a single plain local@domain address")
-    return f"{parts[0]}@{parts[1]}"
 
 
 def format_address(display_name: str | None, addr: str) -> str:
     """A safe header value 'Display <addr>' built with email.headerregistry.Address (display name cleaned with
     clean_text, max 78 chars, encoded-word syntax defanged); raises UnsafeValue if addr is not one plain ASCII-local
     addr-spec.  The domain is written in A-label form; the local part's case is kept."""
-    parts = _split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
+    parts = split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
     if parts is None:
         raise UnsafeValue("not a plain local@domain address")
-    name = _defang_encoded_words(clean_text(display_name, max_len=78))
+    name = defang_encoded_words(clean_text(display_name, max_len=78))
     try:
         formatted = str(Address(display_name=name, username=parts[0], domain=parts[1]))
     except (ValueError, TypeError) as exc:
         raise UnsafeValue("address could not be formatted") from exc
     # Round trip: what a recipient parses must be exactly what we meant.
-    parsed = _parse_list(formatted)
+    parsed = parse_list(formatted)
     if parsed is None or len(parsed.mailboxes) != 1 or len(parsed.all_mailboxes) != 1:
         raise UnsafeValue("formatted address does not parse back to one mailbox")
     mailbox = parsed.mailboxes[0]
@@ -343,7 +125,7 @@ def set_header(msg: EmailMessage, name: str, value: str) -> None:
 def _check_name_and_value(name: str, value: str) -> None:
     if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
-    if not isinstance(value, str) or _has_unsafe_char(value):
+    if not isinstance(value, str) or has_unsafe_char(value):
         raise UnsafeValue(f"{name}: value contains CR, LF, NUL or another control character")
     if len(value) > MAX_HEADER_VALUE_LEN:
         raise UnsafeValue(f"{name}: value longer than {MAX_HEADER_VALUE_LEN} characters")
@@ -355,8 +137,8 @@ def _checked_header(policy: EmailPolicy[Any], name: str, value: str) -> tuple[Ba
     header = _make_header(policy, name, value)
     if not isinstance(header, AddressHeader) and str(header) != value and _ENCODED_WORD_START in value:
         # The email package decoded literal "=?...?=" text; keep the text literal (and harmless) instead.
-        header = _make_header(policy, name, _defang_encoded_words(value))
-    if _has_unsafe_char(str(header)):
+        header = _make_header(policy, name, defang_encoded_words(value))
+    if has_unsafe_char(str(header)):
         raise UnsafeValue(f"{name}: value decodes to CR, LF, NUL or another control character")
     try:
         folded = _check_wire_form(name, header)
@@ -433,7 +215,7 @@ def address_line(name: str, display_name: str | None, addr: str) -> str:
 def _address_line(name: str, display_name: str | None, addr: str) -> str:
     if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
-    parts = _split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
+    parts = split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
     if parts is not None:
         spec = f"{parts[0]}@{parts[1]}"
         phrase = clean_text(display_name, max_len=78)
@@ -481,7 +263,7 @@ def _remember_template(key: tuple[str, str | None, str], line: str, spec: str) -
 
 def _line_from_template(name: str, phrase: str, spec: str, template: tuple[str, str]) -> str | None:
     line = f"{template[0]}<{spec}>{template[1]}"
-    meaning = [(None, [("".join(_defang_encoded_words(phrase).split()), spec)])]
+    meaning = [(None, [("".join(defang_encoded_words(phrase).split()), spec)])]
     try:
         _check_wire_line(name, line, meaning)
     except UnsafeValue:
@@ -554,7 +336,7 @@ def message_id(domain: str, unique: str) -> str:
     if not isinstance(unique, str) or len(unique) > 128 or not _MSGID_UNIQUE_RE.fullmatch(unique):
         raise UnsafeValue("invalid Message-ID unique part")
     ascii_domain = (
-        _domain_to_ascii(domain) if isinstance(domain, str) and not _has_unsafe_char(domain) else None
+        domain_to_ascii(domain) if isinstance(domain, str) and not has_unsafe_char(domain) else None
     )
     if ascii_domain is None:
         raise UnsafeValue("invalid Message-ID domain")

@@ -16,7 +16,8 @@ from email.message import EmailMessage, Message
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 
-from mail2ticket.headers import clean_text, normalize_address, parse_address_list
+from mail2ticket.addresses import normalize_address, parse_address_list
+from mail2ticket.safe_text import clean_text
 from mail2ticket.outcomes import Quarantine
 
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from mail2ticket.db import repo
 from mail2ticket.db.models import InboundMessage, InboundState, RawMessage, Ticket
-from mail2ticket.headers import clean_text, parse_address_list
+from mail2ticket.addresses import parse_address_list
+from mail2ticket.safe_text import clean_text
 from mail2ticket.intake import split_head
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits, ParsedAttachment, ParsedMail

@@ -15,7 +15,7 @@ from mail2ticket import quarantine
 from mail2ticket.cli.common import EX_USAGE, CliError, iso, load, open_services, print_json, print_table
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage, InboundState
-from mail2ticket.headers import clean_text
+from mail2ticket.safe_text import clean_text
 from mail2ticket.pipeline.process import Processor
 
 

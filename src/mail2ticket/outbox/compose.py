@@ -22,16 +22,8 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import format_datetime
 
-from mail2ticket.headers import (
-    UnsafeValue,
-    address_line,
-    check_wire_message,
-    header_line,
-    message_id,
-    serialize_checked,
-    set_address,
-    set_header,
-)
+from mail2ticket.headers import address_line, check_wire_message, header_line, message_id, serialize_checked, set_address, set_header
+from mail2ticket.safe_text import UnsafeValue
 from mail2ticket.outbox.render import Rendered
 
 LOOP_HEADER = "X-Mail2Ticket-Loop"

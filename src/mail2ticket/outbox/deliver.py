@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mail2ticket.config.model import SmtpOutConfig
-from mail2ticket.headers import UnsafeValue, envelope_address
+from mail2ticket.addresses import envelope_address
+from mail2ticket.safe_text import UnsafeValue
 
 
 class TransientDeliveryError(Exception):

@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from mail2ticket import tokens
 from mail2ticket.db import conversation_repo, repo
 from mail2ticket.db.models import OutboundMail, Ticket
-from mail2ticket.headers import clean_text
+from mail2ticket.safe_text import clean_text
 from mail2ticket.outbox.compose import Addressing, compose, new_message_id
 from mail2ticket.runtime import Runtime
 from mail2ticket.thread import subject_tag

@@ -28,7 +28,7 @@ from mail2ticket.classify import Classification
 from mail2ticket.config.model import Config
 from mail2ticket.db import repo
 from mail2ticket.db.models import InboundMessage, OutboundMail, OutboundState
-from mail2ticket.headers import normalize_address
+from mail2ticket.addresses import normalize_address
 from mail2ticket.outbox.compose import LOOP_HEADER
 from mail2ticket.outbox.enqueue import MailRequest, enqueue
 from mail2ticket.outbox.guards import refuse_automatic_mail

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from mail2ticket.config.conversation import PRIORITIES
 from mail2ticket.config.model import Config
-from mail2ticket.headers import clean_text, normalize_address
+from mail2ticket.addresses import normalize_address
+from mail2ticket.safe_text import clean_text
 from mail2ticket.pipeline.trust import is_staff
 
 _COMMAND_LINE = re.compile(r"^\s*#(?P<word>[^\W\d_][\w-]{0,30})(?:[ \t]+(?P<arg>.*?))?\s*$")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from email.message import Message
 from email.policy import default as default_policy
 
-from mail2ticket.headers import clean_text, normalize_address, parse_address_list
+from mail2ticket.addresses import normalize_address, parse_address_list
+from mail2ticket.safe_text import clean_text
 from mail2ticket.parse import ParsedMail
 
 _MARKER = re.compile(

@@ -28,7 +28,7 @@ from mail2ticket.classify import Classification
 from mail2ticket.config.conversation import COMMANDS
 from mail2ticket.db import conversation_repo, repo
 from mail2ticket.db.models import Article, InboundMessage, Ticket
-from mail2ticket.headers import clean_text
+from mail2ticket.safe_text import clean_text
 from mail2ticket.outbox.enqueue import MailRequest, enqueue
 from mail2ticket.outbox.guards import refuse_automatic_mail
 from mail2ticket.parse import ParsedMail
