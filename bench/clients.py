@@ -9,7 +9,7 @@ from __future__ import annotations
 import smtplib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bench.corpus import CorpusMail
@@ -64,6 +64,18 @@ class _Client:
 
 def send_all(port: int, mails: Sequence[CorpusMail], concurrency: int) -> list[Sent]:
     """Send every mail as fast as `concurrency` clients can; results in corpus order."""
+    return _send(port, mails, concurrency, start_of=None)
+
+
+def send_paced(port: int, mails: Sequence[CorpusMail], rate: float, concurrency: int = 16) -> list[Sent]:
+    """Open-loop load: mail i starts at t0 + i/rate whatever the previous replies took (no coordinated omission)."""
+    t0 = time.monotonic() + 0.2
+    return _send(port, mails, concurrency, start_of=lambda index: t0 + index / rate)
+
+
+def _send(port: int, mails: Sequence[CorpusMail], concurrency: int,
+          start_of: Callable[[int], float] | None) -> list[Sent]:
+    """`concurrency` clients take the mails in order; mail i waits for `start_of(i)` (monotonic) when given."""
     results: list[Sent | None] = [None] * len(mails)
     next_index = 0
     lock = threading.Lock()
@@ -79,54 +91,24 @@ def send_all(port: int, mails: Sequence[CorpusMail], concurrency: int) -> list[S
                     next_index += 1
                 if index >= len(mails) or errors:
                     return
+                if start_of is not None and (delay := start_of(index) - time.monotonic()) > 0:
+                    time.sleep(delay)
                 results[index] = client.send(mails[index])
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
             errors.append(exc)
         finally:
             client.close()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    run_threads([worker] * concurrency, errors)
+    return [r for r in results if r is not None]
+
+
+def run_threads(targets: Sequence[Callable[[], None]], errors: list[BaseException]) -> None:
+    """Start one thread per target, wait for all, then raise the first error any of them recorded."""
+    threads = [threading.Thread(target=target, daemon=True) for target in targets]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    return [r for r in results if r is not None]
-
-
-def send_paced(port: int, mails: Sequence[CorpusMail], rate: float, concurrency: int = 16) -> list[Sent]:
-    """Open-loop load: mail i starts at t0 + i/rate whatever the previous replies took (no coordinated omission)."""
-    results: list[Sent | None] = [None] * len(mails)
-    next_index = 0
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-    t0 = time.monotonic() + 0.2
-
-    def worker() -> None:
-        nonlocal next_index
-        client = _Client(port)
-        try:
-            while True:
-                with lock:
-                    index = next_index
-                    next_index += 1
-                if index >= len(mails) or errors:
-                    return
-                delay = t0 + index / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                results[index] = client.send(mails[index])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return [r for r in results if r is not None]

@@ -87,7 +87,7 @@ def guard_overhead(files: list[Path]) -> tuple[float, float, int]:
     inproc: list[float] = []
     guarded: list[float] = []
     for raw in raws:
-        for sink, run in ((inproc, lambda r: analyse(ParseJob(r, Limits(), None, (), (), 10))),
+        for sink, run in ((inproc, lambda r: analyse(ParseJob(Limits(), None, (), (), 10), r)),
                           (guarded, lambda r: guard.analyse(r, Limits(), envelope_from=None))):
             started = time.perf_counter()
             with contextlib.suppress(Quarantine):

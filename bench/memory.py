@@ -38,8 +38,8 @@ from bench.harness import (
     say,
     start_spy,
     stop_spy,
-    wait_for,
 )
+from tests.support.app import wait_until
 
 NAME = "memory"
 ATTACHMENT_BYTES = 25_000_000
@@ -141,7 +141,7 @@ def run(ctx: Ctx) -> Outcome:
                 for index in range(count):
                     raw = big_mail(index, ctx.seed)
                     daemon.send(raw, sender=f"juergen.mueller{index}@web.de", recipients=("bauamt@stadt.example",))
-                    wait_for(partial(_processed, probe, index + 1), timeout=300, what=f"big mail {index} processed")
+                    wait_until(partial(_processed, probe, index + 1), timeout=300, message=f"big mail {index} processed")
                     children.sample()
                     samples.append({"mail": index + 1, "hwm_mb": proc_status_kb(pid, "VmHWM") / 1024,
                                     "rss_mb": proc_status_kb(pid, "VmRSS") / 1024,

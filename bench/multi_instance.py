@@ -18,15 +18,15 @@ or in the suite: python -m bench --only multi --postgres URL
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.clients import Sent, send_all
+from bench.clients import Sent, run_threads, send_all
 from bench.corpus import CorpusMail, generate, mix
 from bench.harness import (
     Backend,
@@ -59,13 +59,7 @@ def _send_split(ports: list[int], mails: list[CorpusMail], clients: int) -> list
         except BaseException as exc:  # noqa: BLE001 - re-raised below
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ports))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    run_threads([functools.partial(run, i) for i in range(len(ports))], errors)
     return [s for r in results for s in r]
 
 

@@ -230,6 +230,12 @@ def _add_inbound(factory: sessionmaker[Session], n: int) -> list[int]:
     return ids
 
 
+def claim_one(session: Session) -> int | None:
+    """What processing claims first on PostgreSQL: the oldest waiting message, row-locked, others' locks skipped."""
+    ids = repo.waiting_inbound(session, NOW, limit=1, max_bytes=1, claim=True)
+    return ids[0] if ids else None
+
+
 @pytest.mark.postgres
 def test_processing_claims_skip_each_others_rows(postgres_database_url: str) -> None:
     """Concurrent processing transactions each lock a different waiting message instead of queueing on one."""
@@ -241,9 +247,9 @@ def test_processing_claims_skip_each_others_rows(postgres_database_url: str) -> 
 
         def claim(_i: int) -> int | None:
             with unit_of_work(factory) as session:
-                row = repo.claim_next_inbound(session, NOW)
+                claimed = claim_one(session)
                 hold.wait()
-                return row.id if row else None
+                return claimed
 
         assert sorted(x for x in _in_parallel(3, claim) if x is not None) == ids
     finally:
@@ -256,8 +262,7 @@ from mail2ticket.db import leases, repo
 from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
 factory = make_sessionmaker(make_engine(sys.argv[1]))
 with unit_of_work(factory) as session:
-    row = repo.claim_next_inbound(session, dt.datetime.now(dt.UTC))
-    print(row.id, flush=True)
+    print(repo.waiting_inbound(session, dt.datetime.now(dt.UTC), limit=1, max_bytes=1, claim=True)[0], flush=True)
     time.sleep(600)
 """
 
@@ -276,14 +281,13 @@ def test_a_killed_instances_processing_claim_is_released_at_once(postgres_databa
             assert int(holder.stdout.readline()) == first
             holder.stdout.close()
             with unit_of_work(factory) as session:
-                assert repo.claim_next_inbound(session, NOW) is None  # held by the live instance: skipped
+                assert claim_one(session) is None  # held by the live instance: skipped
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait(10)
 
             def claimable() -> bool:
                 with unit_of_work(factory) as session:
-                    row = repo.claim_next_inbound(session, NOW)
-                    return row is not None and row.id == first and row.state == InboundState.NEW
+                    return claim_one(session) == first  # only waiting (state new) rows are claimed
 
             wait_until(claimable, timeout=10, message="the dead instance's claim to be released")
         finally:
@@ -305,10 +309,12 @@ def test_failure_outcome_does_not_overwrite_another_instances_result(postgres_da
 
         def other_instance() -> None:
             with unit_of_work(factory) as session:
-                row = repo.claim_next_inbound(session, NOW)
-                assert row is not None
+                claimed_id = claim_one(session)
+                assert claimed_id is not None
                 claimed.set()
                 finish.wait(10)
+                row = repo.get_inbound(session, claimed_id)
+                assert row is not None
                 row.state = InboundState.DONE
 
         thread = threading.Thread(target=other_instance)

@@ -207,7 +207,6 @@ def test_three_instances_make_exactly_one_ticket_and_one_ack_per_mail_and_surviv
                               message="the victim to claim outbound mail")
         # The kill must come in the middle of the run: mails still arriving or waiting for processing.
         assert sender_thread.is_alive() or _counts(engine, "b").get("inbound_new", 0) > 0
-        killed_at = time.monotonic()
         victim.kill()
         stranded = victim_holds_sending_rows()
         sender_thread.join(300)
@@ -222,8 +221,6 @@ def test_three_instances_make_exactly_one_ticket_and_one_ack_per_mail_and_surviv
 
         wait_until(stranded_rows_sent, timeout=OUTBOX_LEASE + 30, interval=0.5,
                    message="the dead instance's claimed mails to be taken over after the lease")
-        takeover_seconds = time.monotonic() - killed_at
-        assert takeover_seconds < OUTBOX_LEASE + 30
         wait_until(lambda: _drained(engine, "b", m), timeout=300, interval=0.5, message="phase 2 to drain")
         _check_tickets(engine, "b", m)
         acks2 = _acks_by_probe(smtp_sink, "b")

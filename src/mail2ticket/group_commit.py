@@ -17,7 +17,7 @@ and only then resolves the sessions' futures, so 250 still means "committed dura
 | anything else (lock timeout, disk full, failed commit) | every session of the batch fails → 451, never 250 |
 | committer closed (shutdown) or its thread gone         | `store` fails at once → 451                       |
 
-IMAP and the CLI keep the single-message path (`intake.store`): they have one message at a time anyway.
+IMAP and `import` store a fetched or read batch per transaction themselves; `ingest` uses `intake.store`.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.failpoints import failpoint
-from mail2ticket.intake import Envelope, Prepared, Stored, find_duplicate, insert, prepare
+from mail2ticket.intake import Envelope, Prepared, Stored, insert_or_existing, prepare
 
 log = structlog.get_logger("mail2ticket.intake")
 
@@ -169,14 +169,7 @@ class GroupCommitter:
     @staticmethod
     def _insert_one(session: Session, prepared: Prepared) -> Stored | Exception:
         try:
-            with session.begin_nested():
-                return insert(session, prepared)
-        except IntegrityError:
-            # Another instance stored the same message between our check and our insert: use its row.
-            existing = find_duplicate(session, prepared)
-            if existing is None:
-                raise
-            return Stored(existing, duplicate=True)
-        except DataError as exc:
+            return insert_or_existing(session, prepared)
+        except DataError as exc:  # a value the server refuses: only this session fails (its savepoint is gone)
             log.warning("intake_message_refused", size=prepared.size, error=str(exc)[:200])
             return exc

@@ -266,23 +266,13 @@ def store(
     extra: Callable[[Session, InboundMessage], None] | None = None,
 ) -> Stored:
     """Commit the message durably in its own transaction and return its intake id; a duplicate returns the
-    existing id. The single-message path (IMAP, CLI); the SMTP listener batches through `group_commit`.
+    existing id. The single-message path (`ingest`); SMTP batches through `group_commit`, IMAP and `import`
+    store several messages per transaction with `insert_or_existing` / `store_many`.
 
-    `extra` runs inside the same transaction for a new row (IMAP uses it to record the planned server action).
+    `extra` runs inside the same transaction for a new row.
     """
-    prepared = prepare(raw, envelope)
-    for _attempt in range(2):
-        try:
-            with unit_of_work(factory) as session:
-                return insert(session, prepared, extra)
-        except IntegrityError:
-            # Another instance stored the same message between our check and our insert.
-            continue
     with unit_of_work(factory) as session:
-        existing = find_duplicate(session, prepared)
-    if existing is None:
-        raise RuntimeError("intake insert conflicted but no existing row was found")
-    return Stored(existing, duplicate=True)
+        return insert_or_existing(session, prepare(raw, envelope), extra)
 
 
 def insert_or_existing(session: Session, prepared: Prepared,

@@ -73,7 +73,9 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=processors(json_output, colors=not json_output and sys.stderr.isatty()),
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # sys.stderr as it is when a line is written, not when configured: a CLI command run in-process (tests)
+        # must not leave the logger writing to a stream that was replaced and closed meanwhile.
+        logger_factory=lambda *_args: structlog.PrintLogger(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(LEVELS[level], logging.WARNING), stream=sys.stderr,

@@ -19,8 +19,11 @@ its soft RLIMIT_CPU to the CPU time used so far plus the budget. The wall-clock 
 catches a worker that hangs without using CPU. The worker is started once and reused, so the common case
 costs one pipe round trip and a pickle (about 0.3 ms per message; see bench/corpus_report.py).
 
-The protocol is length-prefixed pickles over the worker's stdin/stdout. Pickle is safe here: both ends are
-our own code, and the mail only ever appears as data inside objects we built.
+The protocol is length-prefixed frames over the worker's stdin/stdout: a job is a pickled `ParseJob` and then
+the raw bytes as a frame of their own (streamed from storage, never pickled); an answer is a pickle and then
+its out-of-band buffers (attachments of 64 KB and more, read straight into the objects the parent keeps).
+The worker answers with the fields of the mail, never the stdlib tree. Pickle is safe here: both ends are our
+own code, and the mail only ever appears as data inside objects we built.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class ParseWorkerUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ParseJob:
-    raw: bytes  # travels as its own frame, not inside the pickle (no copy of a 25 MB mail)
+    """What the worker needs besides the raw bytes (those travel as a frame of their own, not pickled)."""
+
     limits: Limits
     envelope_from: str | None
     envelope_to: tuple[str, ...]
@@ -83,9 +87,9 @@ class Analysed:
     classification: Classification
 
 
-def analyse(job: ParseJob) -> Analysed:
+def analyse(job: ParseJob, raw: bytes) -> Analysed:
     """Parse, strip inbound control headers, classify: the pure part of processing (raises only Quarantine)."""
-    parsed = parse(job.raw, job.limits)
+    parsed = parse(raw, job.limits)
     assert parsed.msg is not None
     try:
         strip_control_headers(parsed.msg)
@@ -114,7 +118,7 @@ class ParseGuard:
                 envelope_to: Sequence[str] = (), noreply_patterns: Sequence[str] = ()) -> Analysed:
         """Parse and classify in the worker. Given a loader instead of bytes, the bytes are streamed to the worker
         piece by piece as they are read, so a 25 MB mail is never held whole in this process."""
-        job = ParseJob(b"", limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
+        job = ParseJob(limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
         payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             proc = self._ensure_worker(limits)
@@ -259,12 +263,12 @@ def _cpu_used() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_job(job: ParseJob) -> tuple[str, object]:
+def _run_job(job: ParseJob, raw: bytes) -> tuple[str, object]:
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = math.ceil(_cpu_used() + job.cpu_seconds)
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
     try:
-        return "ok", analyse(job)
+        return "ok", analyse(job, raw)
     except Quarantine as outcome:
         if "out of memory" in outcome.reason:
             return "recycle", "parse budget exceeded: out of memory"
@@ -316,9 +320,9 @@ def worker_main(memory_bytes: int) -> int:
         if len(head) < _HEADER.size:
             return 0
         job = pickle.loads(stdin.read(_HEADER.unpack(head)[0]))
-        job = dataclasses.replace(job, raw=stdin.read(_HEADER.unpack(stdin.read(_HEADER.size))[0]))
-        answer = _run_job(job)
-        del job
+        raw = stdin.read(_HEADER.unpack(stdin.read(_HEADER.size))[0])
+        answer = _run_job(job, raw)
+        del raw  # before the answer is pickled: a 25 MB mail is not held twice
         kind = answer[0]
         _answer(stdout, answer)
         del answer

@@ -1,14 +1,14 @@
 """Repositories: every SQL statement of mail2ticket. Functions may flush, never commit.
 
 Work claiming differs per backend: PostgreSQL uses `FOR UPDATE SKIP LOCKED` so several instances take
-different rows; SQLite has one writer at a time (BEGIN IMMEDIATE), so a plain SELECT inside the write
-transaction is already exclusive.
+different rows; SQLite has one writer at a time (BEGIN IMMEDIATE), so processing picks its candidates in a
+read snapshot and re-checks each row's state under the write lock (`waiting_inbound`, `inbound_rows`).
 
 | work            | claim                                  | a dead or stuck claimant's work is taken over   |
 |-----------------|----------------------------------------|-------------------------------------------------|
 | inbound message | row lock for the one processing        | when its session ends: at once on kill -9,      |
-|                 | transaction (nothing is sent or        | keepalive (~1 min) on a lost host, idle-in-     |
-|                 | acknowledged inside it)                | transaction timeout (5 min) on a hung process   |
+|                 | transaction of a batch (nothing is     | keepalive (~1 min) on a lost host, idle-in-     |
+|                 | sent or acknowledged inside it)        | transaction timeout (5 min) on a hung process   |
 | outbound mail   | lease columns (claimed_by, expires),   | when claim_expires_at has passed (delivery runs |
 |                 | committed before the SMTP send         | outside any transaction, so a row lock can't)   |
 | IMAP mailbox    | `lease` row (db.leases)                | when the lease row expires                      |
@@ -33,7 +33,6 @@ from mail2ticket.db.models import (
     OutboundMail,
     OutboundState,
     Participant,
-    RawMessage,
     Ticket,
     TicketCounter,
 )
@@ -55,21 +54,6 @@ def find_inbound_duplicate(session: Session, source_key: str | None, scope: str,
     if source_key is not None:
         conditions.append(InboundMessage.source_key == source_key)
     return session.scalar(select(InboundMessage.id).where(or_(*conditions)).limit(1))
-
-
-def claim_next_inbound(session: Session, now: dt.datetime, *, only: int | None = None) -> InboundMessage | None:
-    """The oldest message waiting for processing (or message `only`), locked for this transaction."""
-    stmt = (
-        select(InboundMessage)
-        .where(InboundMessage.state == InboundState.NEW)
-        .where(or_(InboundMessage.not_before.is_(None), InboundMessage.not_before <= now))
-        .order_by(InboundMessage.id)
-        .limit(1)
-        .options(selectinload(InboundMessage.raw))
-    )
-    if only is not None:
-        stmt = stmt.where(InboundMessage.id == only)
-    return session.scalar(_skip_locked(session, stmt))
 
 
 def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,

@@ -10,10 +10,10 @@ needs one buffer), take the ordinary bound-parameter path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import cast
 
-from sqlalchemy import func, insert, literal_column, select
+from sqlalchemy import ColumnElement, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.models import AttachmentContent, RawMessage
@@ -29,15 +29,7 @@ def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int
         session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=data))
         return
     session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=func.zeroblob(size)))
-    # inbound_id is an INTEGER PRIMARY KEY, i.e. the rowid; asked rather than assumed (one indexed lookup).
-    rowid = session.scalar(select(literal_column("rowid")).select_from(RawMessage)
-                           .where(RawMessage.inbound_id == inbound_id))
-    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
-    if rowid is None:
-        raise RuntimeError(f"raw_message row {inbound_id} vanished inside its own transaction")
-    with dbapi.blobopen("raw_message", "data", int(rowid)) as blob:
-        for part in parts:
-            blob.write(part)
+    _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
 
 
 def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -> tuple[int, Iterator[bytes]]:
@@ -56,10 +48,10 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     if row is None:
         raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
     rowid, size = int(row[0]), int(row[1])
-    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
+    dbapi = _dbapi(session)
 
     def pieces() -> Iterator[bytes]:
-        with dbapi.blobopen("raw_message", "data", rowid, readonly=True) as blob:
+        with dbapi.blobopen(RawMessage.__tablename__, "data", rowid, readonly=True) as blob:
             while chunk := blob.read(piece):
                 yield chunk
 
@@ -80,12 +72,24 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
         session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=data))
         return
     session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=func.zeroblob(size)))
-    rowid = session.scalar(select(literal_column("rowid")).select_from(AttachmentContent)
-                           .where(AttachmentContent.sha256 == sha256))
-    if rowid is None:
-        raise RuntimeError(f"attachment_content row {sha256} vanished inside its own transaction")
-    dbapi = cast(sqlite3.Connection, session.connection().connection.dbapi_connection)
     view = memoryview(data)
-    with dbapi.blobopen("attachment_content", "data", int(rowid)) as blob:
-        for start in range(0, size, STREAM_THRESHOLD):
-            blob.write(view[start : start + STREAM_THRESHOLD])
+    _fill_zeroblob(session, AttachmentContent, AttachmentContent.sha256 == sha256,
+                   (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD)))
+
+
+def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentContent],
+                   where: ColumnElement[bool], pieces: Iterable[bytes | memoryview]) -> None:
+    """Write `pieces` into the zeroblob `data` of the one row matching `where`, by SQLite incremental blob I/O.
+
+    The rowid is asked rather than assumed (one indexed lookup), even where the key is an INTEGER PRIMARY KEY.
+    """
+    rowid = session.scalar(select(literal_column("rowid")).select_from(table).where(where))
+    if rowid is None:
+        raise RuntimeError(f"{table.__tablename__} row vanished inside its own transaction")
+    with _dbapi(session).blobopen(table.__tablename__, "data", int(rowid)) as blob:
+        for piece in pieces:
+            blob.write(piece)
+
+
+def _dbapi(session: Session) -> sqlite3.Connection:
+    return cast(sqlite3.Connection, session.connection().connection.dbapi_connection)

@@ -1,7 +1,7 @@
 """IMAP ingress in the daemon: one supervised worker per (mailbox, folder), each with its own connection.
 
-Place in the pipeline: an ingress next to the SMTP listener. Every message goes through `intake.store`
-and then the same processing as SMTP mail; this module only decides *when* to sync (see `imap_sync` for
+Place in the pipeline: an ingress next to the SMTP listener. Every message goes through intake
+(`intake.insert_or_existing`) and then the same processing as SMTP mail; this module only decides *when* to sync (see `imap_sync` for
 *how*). A worker's life:
 
 | state      | what it does                                                      | leaves when                        |
