@@ -106,7 +106,10 @@ def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | 
     gone by then, so another instance may have claimed the row meanwhile. Waiting for that instance's lock and
     re-checking the state keeps its result instead of overwriting a `done` row with our failure.
     """
-    stmt = select(InboundMessage).where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.NEW)
+    # populate_existing: a rolled-back savepoint may have left values in the object that the row no longer has
+    # (the processing writes its outcome with `rows.update_now`, which the session does not track).
+    stmt = (select(InboundMessage).where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.NEW)
+            .execution_options(populate_existing=True))
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return session.scalar(stmt)
@@ -213,10 +216,15 @@ _PARTICIPANT = select(Participant.id).where(
 def add_participant(session: Session, ticket_id: int, address: str, name: str | None, role: str) -> bool:
     if is_participant(session, ticket_id, address):
         return False
-    session.add(Participant(ticket_id=ticket_id, address=address, name=name, role=role))
+    # Written at once (nothing of the processing holds the row as an object): no ORM flush for it.
+    session.connection().execute(_INSERT_PARTICIPANT, {"ticket_id": ticket_id, "address": address, "name": name,
+                                                       "role": role})
     if (fresh := conversation_repo.fresh_ticket(session, ticket_id)) is not None:
         fresh.participants.add(address)
     return True
+
+
+_INSERT_PARTICIPANT = insert(Participant)
 
 
 def participants(session: Session, ticket_id: int) -> list[Participant]:

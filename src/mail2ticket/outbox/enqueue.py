@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from mail2ticket import tokens
 from mail2ticket.db import conversation_repo, repo
+from mail2ticket.db.rows import insert_now, update_now
 from mail2ticket.db.models import OutboundMail, Ticket
 from mail2ticket.safe_text import clean_text
 from mail2ticket.outbox.compose import Addressing, compose, new_message_id
@@ -128,7 +127,7 @@ def enqueue(session: Session, runtime: Runtime, ticket: Ticket, request: MailReq
         auto_submitted=request.auto_submitted,
         now=now,
     )
-    row = OutboundMail(
+    row = insert_now(session, OutboundMail(
         ticket_id=ticket.id,
         article_id=request.article_id,
         template=request.template,
@@ -140,21 +139,9 @@ def enqueue(session: Session, runtime: Runtime, ticket: Ticket, request: MailReq
         raw=raw,
         next_attempt_at=now,
         created_at=now,
-    )
-    session.add(row)
-    session.flush()
-    # The VERP address names the row, so it needs the id the INSERT gave it: a second statement, written at
-    # once through the connection (cheaper than a dirty attribute in the next ORM flush) and recorded as the
-    # row's loaded value.
-    envelope_from = verp_address(row.id, runtime.secret, config.daemon.domain)
-    session.connection().execute(_SET_ENVELOPE_FROM, {"row_id": row.id, "envelope_from": envelope_from})
-    set_committed_value(row, "envelope_from", envelope_from)
+    ))
+    # The VERP address names the row, so it needs the id the INSERT gave it: a second statement.
+    update_now(session, row, envelope_from=verp_address(row.id, runtime.secret, config.daemon.domain))
     conversation_repo.note_enqueued(session, ticket.id, request.dedupe_key)
     return row
 
-
-_SET_ENVELOPE_FROM = (
-    update(OutboundMail)
-    .where(OutboundMail.id == bindparam("row_id"))
-    .values(envelope_from=bindparam("envelope_from"))
-)

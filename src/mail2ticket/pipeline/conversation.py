@@ -206,8 +206,7 @@ def new_ticket(session: Session, runtime: Runtime, inbound: InboundMessage, pars
         subject=subject,
     )
     kind = "auto-reply" if classification.kind == "auto-reply" else "mail"
-    # The article's id is not needed here (staff notices quote its text): it is written with the next flush.
-    article = store.add_inbound_article(session, ticket, parsed, inbound, kind=kind, now=created, need_id=False)
+    article = store.add_inbound_article(session, ticket, parsed, inbound, kind=kind, now=created)
     if requester and not is_own(config, requester):
         repo.add_participant(session, ticket.id, requester, requester_name, "requester")
     if forwarder:

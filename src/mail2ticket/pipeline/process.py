@@ -44,6 +44,7 @@ import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -52,6 +53,7 @@ from sqlalchemy.orm import Session
 from mail2ticket.db import repo
 from mail2ticket.db.engine import read_only, unit_of_work, writers_waiting
 from mail2ticket.db.models import InboundMessage, InboundState
+from mail2ticket.db.rows import update_now
 from mail2ticket.failpoints import failpoint
 from mail2ticket.outcomes import Ignore, Quarantine
 from mail2ticket.parse import Limits
@@ -150,11 +152,15 @@ class Processor:
         following: Prepared | NotReady | None = None
         try:
             with unit_of_work(self.services.factory) as session:
-                rows = repo.inbound_rows(session, ahead.ids[ahead.ids.index(first.inbound_id):])
+                start = ahead.ids.index(first.inbound_id)
+                rows = repo.inbound_rows(session, ahead.ids[start:start + RUN_MESSAGES])
                 item = first
                 while True:
                     run.append(item.inbound_id)
-                    if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
+                    row = rows.get(item.inbound_id)
+                    if row is None:  # beyond the rows loaded for the run (parses arrive in id order, so rare)
+                        row = repo.inbound_rows(session, [item.inbound_id]).get(item.inbound_id)
+                    if (result := self._one(session, item, row)) is not None:
                         stored.append(result)
                     if (len(run) >= RUN_MESSAGES or time.monotonic() - started > MAX_RUN_SECONDS
                             or writers_waiting(self.services.engine)):
@@ -261,28 +267,26 @@ class Processor:
         now = self.services.clock()
         bound = log.bind(inbound_id=inbound.id, message_id=inbound.message_id, mailbox=inbound.mailbox)
         parsed, classification = analysed.parsed, analysed.classification
-        inbound.defects = list(parsed.defects)[:50]
-        inbound.classification = classification.kind
-        self._defects, self._kind = list(inbound.defects), classification.kind
+        self._defects, self._kind = list(parsed.defects)[:50], classification.kind
         automated.reject_own_mail(parsed, config)
         if parsed.message_id and (dup := repo.article_with_message_id(session, parsed.message_id)) is not None:
             raise Ignore(f"duplicate of article {dup.id} (same Message-ID)")
         handled = automated.handle_automated(session, runtime, inbound, parsed, classification, now)
         if handled is not None:
-            inbound.state = InboundState.IGNORED
-            inbound.reason = handled.reason[:2000]
-            inbound.ticket_id = handled.ticket_id
-            inbound.processed_at = now
-            inbound.attempts += 1
+            self._record(session, inbound, InboundState.IGNORED, now, reason=handled.reason[:2000],
+                         ticket_id=handled.ticket_id)
             repo.add_event(session, "message_ignored", inbound_id=inbound.id, reason=handled.reason[:500])
             bound.info("message_ignored", reason=handled.reason, classification=classification.kind)
             return Result(inbound.id, InboundState.IGNORED, reason=handled.reason)
         ticket, outcome = conversation.handle(session, runtime, inbound, parsed, classification, now)
-        inbound.state = InboundState.DONE
-        inbound.ticket_id = ticket.id
-        inbound.processed_at = now
-        inbound.attempts += 1
+        self._record(session, inbound, InboundState.DONE, now, ticket_id=ticket.id)
         failpoint("process.before_commit")
         bound.info("message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
                    classification=classification.kind)
         return Result(inbound.id, InboundState.DONE, ticket.number)
+
+    def _record(self, session: Session, inbound: InboundMessage, state: InboundState, now: dt.datetime,
+                **more: Any) -> None:
+        """The message's outcome, written at once in one UPDATE (the last write of its savepoint)."""
+        update_now(session, inbound, state=state, processed_at=now, attempts=inbound.attempts + 1,
+                   defects=self._defects, classification=self._kind, **more)

@@ -13,9 +13,11 @@ import hashlib
 import mimetypes
 from collections.abc import Iterator
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from mail2ticket.db import conversation_repo, repo, repo_raw
+from mail2ticket.db.rows import insert_now
 from mail2ticket.db.models import Article, Attachment, InboundMessage, Ticket
 from mail2ticket.parse import ParsedAttachment, ParsedMail
 from mail2ticket.rules import Decision
@@ -41,7 +43,7 @@ def create_ticket(
     subject: str | None = None,
 ) -> Ticket:
     seq = repo.next_ticket_seq(session, now.year)
-    ticket = Ticket(
+    ticket = insert_now(session, Ticket(
         number=number_format.format(year=now.year, seq=seq),
         queue=decision.queue,
         status=status,
@@ -54,9 +56,7 @@ def create_ticket(
         language=language,
         created_at=now,
         updated_at=now,
-    )
-    session.add(ticket)
-    session.flush()
+    ))
     # Nothing outside this savepoint can refer to the ticket yet: its participants, mails and articles are
     # the ones added from now on, so the processing functions answer questions about them from memory.
     conversation_repo.register_fresh_ticket(session, ticket)
@@ -81,15 +81,10 @@ def add_inbound_article(
     internal: bool = False,
     now: dt.datetime,
     text: str | None = None,
-    need_id: bool = True,
 ) -> Article:
-    """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines).
-
-    Without `need_id` the caller promises not to read `article.id`: the article is then inserted by the next
-    flush (or query over articles) instead of a flush of its own, unless attachments need the id now.
-    """
+    """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines)."""
     full = body_text(parsed) if text is None else text
-    article = Article(
+    article = insert_now(session, Article(
         ticket_id=ticket.id,
         inbound_id=inbound.id,
         direction="in",
@@ -106,10 +101,7 @@ def add_inbound_article(
         new_text=new_text(full) if full.strip() else "",
         html=sanitize_html(parsed.html) if parsed.html else None,
         created_at=now,
-    )
-    session.add(article)
-    if need_id or parsed.attachments:
-        session.flush()
+    ))
     _added(session, ticket, article)
     for attachment in expand_attachments(parsed.attachments):
         add_attachment(session, article, attachment)
@@ -133,7 +125,7 @@ def add_outbound_article(
     inbound_id: int | None = None,
 ) -> Article:
     """A message we send for the ticket (a staff reply); its Message-ID threads the citizen's answer."""
-    article = Article(
+    article = insert_now(session, Article(
         ticket_id=ticket.id,
         inbound_id=inbound_id,
         direction="out",
@@ -148,9 +140,7 @@ def add_outbound_article(
         text=text,
         new_text=text,
         created_at=now,
-    )
-    session.add(article)
-    session.flush()
+    ))
     _added(session, ticket, article)
     _touch(ticket, now)
     return article
@@ -189,13 +179,14 @@ def expand_attachments(attachments: tuple[ParsedAttachment, ...]) -> Iterator[Pa
 def add_attachment(session: Session, article: Article, attachment: ParsedAttachment) -> None:
     digest = hashlib.sha256(attachment.data).hexdigest()
     repo_raw.add_content(session, digest, attachment.data)
-    session.add(
-        Attachment(
-            article_id=article.id,
-            filename=display_filename(attachment.filename)[:255],
-            content_type=attachment.content_type[:255],
-            size=len(attachment.data),
-            sha256=digest,
-            inline=attachment.inline,
-        )
-    )
+    session.connection().execute(_INSERT_ATTACHMENT, {
+        "article_id": article.id,
+        "filename": display_filename(attachment.filename)[:255],
+        "content_type": attachment.content_type[:255],
+        "size": len(attachment.data),
+        "sha256": digest,
+        "inline": attachment.inline,
+    })
+
+
+_INSERT_ATTACHMENT = insert(Attachment)  # nothing reads the row back while processing: no ORM object
