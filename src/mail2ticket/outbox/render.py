@@ -19,6 +19,9 @@ SHIPPED_TEMPLATES = Path(str(files("mail2ticket") / "templates"))
 MIN_JINJA = (3, 1, 6)
 
 
+_Templates = tuple[jinja2.Template, jinja2.Template, "jinja2.Template | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Rendered:
     subject: str
@@ -38,6 +41,9 @@ class Renderer:
         self._base = templates_dir or SHIPPED_TEMPLATES
         self._override = override_dir
         self._envs: dict[str, ImmutableSandboxedEnvironment] = {}
+        # (queue, name, language) -> its subject, text and HTML templates; a lookup that finds no HTML
+        # template searches every directory, so the answer is kept (templates change with a new Renderer).
+        self._chosen: dict[tuple[str | None, str, str], _Templates] = {}
 
     def _env(self, queue: str | None) -> ImmutableSandboxedEnvironment:
         key = queue or ""
@@ -69,17 +75,23 @@ class Renderer:
         return True
 
     def render(self, name: str, language: str, context: dict[str, Any], queue: str | None = None) -> Rendered:
-        env = self._env(queue)
-        lang = language if self.exists(name, language, queue) else "de"
-        subject = env.get_template(f"{lang}/{name}.subject.j2").render(context)
-        text = env.get_template(f"{lang}/{name}.txt.j2").render(context)
-        try:
-            html_template = env.get_template(f"{lang}/{name}.html.j2")
-        except jinja2.TemplateNotFound:
-            html = None
-        else:
-            html = html_template.render(context)
-        return Rendered(subject=" ".join(subject.split()), text=text.rstrip() + "\n", html=html)
+        subject, text, html = self._templates(name, language, queue)
+        return Rendered(subject=" ".join(subject.render(context).split()), text=text.render(context).rstrip() + "\n",
+                        html=html.render(context) if html is not None else None)
+
+    def _templates(self, name: str, language: str, queue: str | None) -> _Templates:
+        key = (queue, name, language)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            env = self._env(queue)
+            lang = language if self.exists(name, language, queue) else "de"
+            try:
+                html: jinja2.Template | None = env.get_template(f"{lang}/{name}.html.j2")
+            except jinja2.TemplateNotFound:
+                html = None
+            chosen = self._chosen[key] = (env.get_template(f"{lang}/{name}.subject.j2"),
+                                          env.get_template(f"{lang}/{name}.txt.j2"), html)
+        return chosen
 
     def template_names(self) -> list[tuple[str, str]]:
         """(language, name) of every text template visible to this renderer."""
