@@ -20,8 +20,10 @@ Python 3.11.7 lacks the fixes for two stdlib bugs, so this module does not rely 
 
 Generated mail is written either as an ``EmailMessage`` (:func:`set_header`, :func:`set_address`,
 :func:`serialize_checked`) or line by line (:func:`header_line`, :func:`address_line`, :func:`check_wire_message`),
-with the same checks and the same bytes; the line-by-line path skips the email package for plain short ASCII values
-whose wire form is provably the value itself.
+with the same checks.  The line-by-line path skips the email package on two fast paths: plain short ASCII values
+whose wire form is provably the value itself (the checked path's bytes), and a non-ASCII display name or unstructured
+text without ``=?``, written as RFC 2047 encoded words that are safe by construction (`encoded_words`: other bytes
+than ``policy.SMTP`` folds, the same name, address and text for a recipient).
 
 Generated mail is serialised with ``policy.SMTP`` (7-bit headers, no SMTPUTF8), so addresses with a non-ASCII local
 part can be *matched* (:func:`normalize_address` keeps them) but not *written* (:func:`format_address` and
@@ -39,6 +41,7 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+from mail2ticket import encoded_words
 from mail2ticket.addresses import domain_to_ascii, parse_list, split_addr_spec
 from mail2ticket.safe_text import _ENCODED_WORD_START, UnsafeValue, clean_text, defang_encoded_words, has_unsafe_char
 
@@ -193,17 +196,25 @@ def _verbatim(name: str, value: str) -> bool:
 
 def header_line(name: str, value: str) -> str:
     """The wire form of one header of generated mail, ``Name: value`` folded into CRLF-terminated lines, with the
-    guarantees of set_header (same checks, same bytes as ``set_header`` + ``serialize_checked`` would write).
+    guarantees of set_header: same checks, and the bytes ``set_header`` + ``serialize_checked`` would write, except
+    that non-ASCII unstructured text is written as encoded words of the same meaning (`encoded_words`).
     Raises UnsafeValue like set_header."""
     if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
-    if isinstance(value, str) and _verbatim(name, value):
-        return f"{name}: {value}\r\n"
+    if isinstance(value, str):
+        if _verbatim(name, value):
+            return f"{name}: {value}\r\n"
+        if not value.isascii() and name.lower() not in _STRUCTURED:
+            line = encoded_words.text_line(name, value)
+            if line is not None:
+                _check_folded(name, line)
+                return line
     return _checked_header(_DEFAULT, name, value)[1]
 
 
 def address_line(name: str, display_name: str | None, addr: str) -> str:
-    """The wire form of a one-mailbox header (From, To, Reply-To): what set_address + serialize_checked write."""
+    """The wire form of a one-mailbox header (From, To, Reply-To): what set_address + serialize_checked write,
+    except that a non-ASCII display name is written as encoded words of the same meaning (`encoded_words`)."""
     try:
         return _address_line(name, display_name, addr)
     except UnsafeValue:
@@ -225,6 +236,12 @@ def _address_line(name: str, display_name: str | None, addr: str) -> str:
             value = f"{phrase} <{spec}>" if phrase else spec
             if _plain_fits(name, value):
                 return f"{name}: {value}\r\n"
+        elif not phrase.isascii():
+            # The checked path writes defang_encoded_words(phrase); encoded_words refuses a phrase with "=?".
+            line = encoded_words.address_line(name, phrase, spec)
+            if line is not None:
+                _check_folded(name, line)
+                return line
         if phrase and len(spec) <= _MAX_TEMPLATE_ADDR:
             key = (name, display_name, _SHAPE_RE.sub("x", spec))
             template = _TEMPLATES.get(key)
@@ -238,13 +255,14 @@ def _address_line(name: str, display_name: str | None, addr: str) -> str:
     return _checked_header(_DEFAULT, name, format_address(display_name, addr))[1]
 
 
-# Templates for "display name <address>" headers whose name needs encoding or folding (a queue's "Bürgerbüro"
-# with each ticket's reply address). The folder's choices for the address part depend only on its length and
-# token structure (dots, "@", atext) as long as "<address>" fits on a line of its own, so the checked line of
-# one address, split around "<address>", is the checked line of every address of the same shape with that
-# display name. A line built from a template is still parsed back and compared like every checked line
-# (_check_wire_line), so a wrong template could only cost the checked path, never change a mail's meaning;
-# tests compare the bytes with the checked path. Keyed by (header, display name, shape: "xxxx.xx@xxxx.xxxxx").
+# Templates for "display name <address>" headers whose name needs quoting or folding (a queue's "Stadt, Amt 7" with
+# each ticket's reply address; most non-ASCII names take the encoded-word path above). The folder's choices for the
+# address part depend only on its length and token structure (dots, "@", atext) as long as "<address>" fits on a
+# line of its own, so the checked line of one address, split around "<address>", is the checked line of every
+# address of the same shape with that display name. A line built from a template is still parsed back and compared
+# like every checked line (_check_wire_line), so a wrong template could only cost the checked path, never change a
+# mail's meaning; tests compare the bytes with the checked path. Keyed by (header, display name, shape:
+# "xxxx.xx@xxxx.xxxxx").
 _MAX_TEMPLATE_ADDR = _MAX_LINE - 3  # " <" ... ">" on a continuation line
 _SHAPE_RE = re.compile(r"[^.@]")
 _MAX_TEMPLATES = 256

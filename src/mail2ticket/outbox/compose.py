@@ -6,8 +6,10 @@ marks and our loop header, so no well-behaved responder answers them and we reco
 
 A text-only mail (every acknowledgement) is written line by line: each header's wire form comes from
 `headers.header_line`/`address_line` (verbatim for plain short ASCII, else the checked fold of `set_header`), the
-body is quoted-printable exactly as `EmailMessage.set_content` encodes it. The bytes are the ones the
-`EmailMessage` path (`_compose_message`, still used for mails with an HTML part) writes; tests compare the two.
+body is quoted-printable exactly as `EmailMessage.set_content` encodes it. The result is the mail the
+`EmailMessage` path (`_compose_message`, still used for mails with an HTML part) writes, byte for byte except that
+a non-ASCII display name or subject may be other encoded words of the same meaning (`encoded_words`); tests
+compare the two.
 """
 
 from __future__ import annotations
