@@ -28,6 +28,7 @@ from flufl.bounce import all_failures
 
 __all__ = [
     "DeliveryReport",
+    "HeaderFields",
     "analyse",
     "content_type",
     "iter_parts",
@@ -72,6 +73,30 @@ def raw_headers(msg: Message, name: str) -> list[str]:
     except Exception:  # noqa: BLE001 - a broken message object: behave as if the header were absent
         return []
     return [" ".join(str(value).split()) for key, value in items if str(key).lower() == wanted]
+
+
+class HeaderFields:
+    """``raw_headers(msg, name)`` for every name, from one pass over the fields (for callers asking many names)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, msg: Message) -> None:
+        self._values: dict[str, list[object]] = {}
+        try:
+            items = list(msg.raw_items())
+        except Exception:  # noqa: BLE001 - as in raw_headers: a broken message object has no fields
+            items = []
+        for key, value in items:
+            self._values.setdefault(str(key).lower(), []).append(value)
+
+    def all(self, name: str) -> list[str]:
+        """All values of header ``name``, unfolded (exactly ``raw_headers(msg, name)``)."""
+        return [" ".join(str(value).split()) for value in self._values.get(name.lower(), ())]
+
+    def first(self, name: str) -> str:
+        """The first value of header ``name``, unfolded, or ''."""
+        values = self._values.get(name.lower())
+        return " ".join(str(values[0]).split()) if values else ""
 
 
 def content_type(part: Message) -> str:

@@ -135,6 +135,19 @@ def parse_address_list(value: str | None, *, limit: int = 1000) -> list[tuple[st
     parsed = parse_list(value)
     if parsed is None:
         return []
+    return address_pairs(parsed, limit=limit)
+
+
+def parse_list_takes_as_is(value: str) -> bool:
+    """True if `parse_list(value)` hands `value` unchanged to the RFC 5322 parser (nothing to unfold, no unsafe
+    character, not too long): then its result is ``get_address_list(value)``'s list when nothing is left over."""
+    return len(value) <= _MAX_PARSE_INPUT and not has_unsafe_char(value)
+
+
+def address_pairs(parsed: _parser.AddressList, *, limit: int = 1000) -> list[tuple[str, str]]:
+    """What `parse_address_list` returns for a value that `parse_list` parsed into `parsed`."""
+    if limit <= 0:
+        return []
     result: list[tuple[str, str]] = []
     try:
         mailboxes = parsed.mailboxes

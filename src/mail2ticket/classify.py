@@ -134,13 +134,8 @@ class _Signals:
     errors: list[str] = field(default_factory=list)
 
 
-def _first(msg: Message, name: str) -> str:
-    values = _bounce.raw_headers(msg, name)
-    return values[0] if values else ""
-
-
-def _subject(msg: Message, sig: _Signals) -> str:
-    raw = _first(msg, "subject")
+def _subject(msg: Message, fields: _bounce.HeaderFields, sig: _Signals) -> str:
+    raw = fields.first("subject")
     if not raw:
         return ""
     try:
@@ -153,9 +148,9 @@ def _subject(msg: Message, sig: _Signals) -> str:
         return raw
 
 
-def _addresses(msg: Message, name: str, sig: _Signals) -> list[tuple[str, str]]:
+def _addresses(msg: Message, fields: _bounce.HeaderFields, name: str, sig: _Signals) -> list[tuple[str, str]]:
     """(display name, lower-cased addr-spec) pairs of an address header, raw-parsed on failure."""
-    raws = _bounce.raw_headers(msg, name)
+    raws = fields.all(name)
     if not raws:
         return []
     try:
@@ -171,39 +166,43 @@ def _addresses(msg: Message, name: str, sig: _Signals) -> list[tuple[str, str]]:
         return [("", addr.lower()) for addr in _ADDR_SPEC.findall(" ".join(raws))]
 
 
-def _envelope_sender(envelope_from: str | None, msg: Message) -> str | None:
+def _envelope_sender(envelope_from: str | None, fields: _bounce.HeaderFields) -> str | None:
     """SMTP MAIL FROM, else the topmost Return-Path; '' is the null sender, None unknown."""
     if envelope_from is None:
-        paths = _bounce.raw_headers(msg, "return-path")
+        paths = fields.all("return-path")
         if not paths:
             return None
         envelope_from = paths[0]
     return envelope_from.strip().strip("<>").strip().lower()
 
 
-def _verp(envelope_to: Sequence[str], msg: Message) -> str | None:
+def _verp(envelope_to: Sequence[str], fields: _bounce.HeaderFields) -> str | None:
     candidates = [addr.strip().strip("<>").strip() for addr in envelope_to]
     if not candidates:  # IMAP-fetched: look where the MTA recorded the envelope recipient
         for name in ("delivered-to", "x-original-to", "envelope-to", "to"):
-            candidates += _ADDR_SPEC.findall(" ".join(_bounce.raw_headers(msg, name)))
+            candidates += _ADDR_SPEC.findall(" ".join(fields.all(name)))
     return next((addr for addr in candidates if _VERP.match(addr)), None)
 
 
-def _report_type(msg: Message) -> str:
+def _report_type(msg: Message, fields: _bounce.HeaderFields) -> str:
     try:
         return str(msg.get_param("report-type", "") or "").lower()
     except Exception:  # noqa: BLE001 - broken Content-Type parameters
-        raw = _first(msg, "content-type").lower()
+        raw = fields.first("content-type").lower()
         match = re.search(r"report-type\s*=\s*\"?([a-z-]+)", raw)
         return match.group(1) if match else ""
 
 
 def _collect(
-    msg: Message, envelope_from: str | None, envelope_to: Sequence[str], noreply: Sequence[str]
+    msg: Message,
+    fields: _bounce.HeaderFields,
+    envelope_from: str | None,
+    envelope_to: Sequence[str],
+    noreply: Sequence[str],
 ) -> tuple[_Signals, str | None]:
     sig = _Signals()
     part_types = {_bounce.content_type(part) for part in _bounce.iter_parts(msg)}
-    top, report_type = _bounce.content_type(msg), _report_type(msg)
+    top, report_type = _bounce.content_type(msg), _report_type(msg, fields)
     if (top == "multipart/report" and report_type == "delivery-status") or part_types & _bounce.DSN_TYPES:
         sig.bounce.append("dsn_report")
     if (
@@ -213,50 +212,50 @@ def _collect(
     if (top == "multipart/report" and report_type == "disposition-notification") or part_types & _MDN_TYPES:
         sig.auto.append("mdn")
 
-    senders = _addresses(msg, "From", sig)
+    senders = _addresses(msg, fields, "From", sig)
     for display, addr in senders:
         local = addr.rpartition("@")[0] if "@" in addr else addr
         if local in ("mailer-daemon", "mailer_daemon"):
             sig.bounce.append("mailer_daemon")
         elif local in _POSTMASTERS:
             sig.weak.append("postmaster")
-        elif local in ("", "<>") and re.search(r"<\s*>", _first(msg, "from")):
+        elif local in ("", "<>") and re.search(r"<\s*>", fields.first("from")):
             sig.weak.append("empty_from")
         elif _DELIVERY_NAME.search(display):
             sig.weak.append("mail_delivery_name")
         if any(fnmatch.fnmatchcase(addr, pattern.lower()) for pattern in noreply):
             sig.suppress.append("noreply_sender")
-    sender = _envelope_sender(envelope_from, msg)
+    sender = _envelope_sender(envelope_from, fields)
     if sender == "":
         sig.weak.append("null_sender")
     elif sender and sender.partition("@")[0] in ("mailer-daemon", *_POSTMASTERS):
         sig.weak.append("mailer_daemon_envelope")
-    subject = _subject(msg, sig)
+    subject = _subject(msg, fields, sig)
     if _BOUNCE_SUBJECT.match(subject):
         sig.weak.append("bounce_subject")
-    verp = _verp(envelope_to, msg)
+    verp = _verp(envelope_to, fields)
     if verp:
         sig.weak.append("verp_recipient")
-    _header_signals(msg, subject, sig)
+    _header_signals(fields, subject, sig)
     return sig, verp
 
 
-def _header_signals(msg: Message, subject: str, sig: _Signals) -> None:
+def _header_signals(fields: _bounce.HeaderFields, subject: str, sig: _Signals) -> None:
     """Auto-reply, list and do-not-answer markers in the header fields and the subject."""
-    token = re.match(r"\s*([a-z0-9_-]*)", _first(msg, "auto-submitted").lower())
+    token = re.match(r"\s*([a-z0-9_-]*)", fields.first("auto-submitted").lower())
     auto_submitted = token.group(1) if token else ""
-    if _first(msg, "auto-submitted") and auto_submitted != "no":
+    if fields.first("auto-submitted") and auto_submitted != "no":
         sig.auto.append(f"auto_submitted:{auto_submitted}")
     for header, code, pattern in _VENDOR_AUTO:
-        for value in _bounce.raw_headers(msg, header):
+        for value in fields.all(header):
             if pattern.search(value) if pattern else value.strip().lower() not in _NEGATIVE:
                 sig.auto.append(code if header != "x-autogenerated" else f"{code}:{value.split()[0].lower()}")
                 break
-    generated = _first(msg, "x-ms-exchange-generated-message-source").lower()
-    rules_loop = bool(_bounce.raw_headers(msg, "x-ms-exchange-inbox-rules-loop"))
+    generated = fields.first("x-ms-exchange-generated-message-source").lower()
+    rules_loop = bool(fields.all("x-ms-exchange-inbox-rules-loop"))
     suppress_tokens = {
         token.strip().lower()
-        for value in _bounce.raw_headers(msg, "x-auto-response-suppress")
+        for value in fields.all("x-auto-response-suppress")
         for token in value.split(",")
     }
     if "mailbox rules agent" in generated or (rules_loop and suppress_tokens & _SUPPRESS_TOKENS):
@@ -266,7 +265,7 @@ def _header_signals(msg: Message, subject: str, sig: _Signals) -> None:
     elif rules_loop:
         sig.suppress.append("exchange_inbox_rules_loop")
     for name in ("precedence", "x-precedence"):
-        value = _first(msg, name).strip().lower()
+        value = fields.first(name).strip().lower()
         prefix = name.replace("-", "_")
         if value in ("auto_reply", "auto-reply"):
             sig.auto.append(f"{prefix}:auto_reply")
@@ -278,30 +277,31 @@ def _header_signals(msg: Message, subject: str, sig: _Signals) -> None:
             break
 
     for name in ("list-id", "list-unsubscribe", "list-post"):
-        if _bounce.raw_headers(msg, name):
+        if fields.all(name):
             sig.lists.append(name.replace("-", "_"))
     if hit := sorted(suppress_tokens & _SUPPRESS_TOKENS):
         sig.suppress.append(f"x_auto_response_suppress:{','.join(hit)}")
-    if re.match(r"^(yes|true)\b", _first(msg, "x-loop").strip(), re.IGNORECASE):
+    if re.match(r"^(yes|true)\b", fields.first("x-loop").strip(), re.IGNORECASE):
         sig.suppress.append("x_loop")
 
 
-def _auto_reply_origin(msg: Message) -> str | None:
+def _auto_reply_origin(msg: Message, fields: _bounce.HeaderFields) -> str | None:
     for block in _bounce.report_fields(msg, _MDN_TYPES):
         if found := _bounce.message_id(block.get("original-message-id")):
             return found
-    if found := _bounce.message_id(_first(msg, "in-reply-to")):
+    if found := _bounce.message_id(fields.first("in-reply-to")):
         return found
-    references: list[str] = re.findall(r"<[^<>\s]+>", _first(msg, "references"))
+    references: list[str] = re.findall(r"<[^<>\s]+>", fields.first("references"))
     if references:
         return references[-1]
-    return _bounce.message_id(_first(msg, "x-ms-exchange-parent-message-id"))
+    return _bounce.message_id(fields.first("x-ms-exchange-parent-message-id"))
 
 
 def _classify(
     msg: Message, envelope_from: str | None, envelope_to: Sequence[str], noreply: Sequence[str]
 ) -> Classification:
-    sig, verp = _collect(msg, envelope_from, envelope_to, noreply)
+    fields = _bounce.HeaderFields(msg)
+    sig, verp = _collect(msg, fields, envelope_from, envelope_to, noreply)
     reasons = tuple(
         dict.fromkeys([*sig.bounce, *sig.weak, *sig.auto, *sig.lists, *sig.suppress, *sig.errors])
     )
@@ -312,7 +312,7 @@ def _classify(
     if report is not None and (sig.bounce or weak_wins):
         if report.detector_hit and not sig.bounce:
             reasons += ("bounce_detector",)
-        origin = report.original_message_id or _auto_reply_origin(msg)
+        origin = report.original_message_id or _auto_reply_origin(msg, fields)
         return Classification(
             kind="bounce",
             reasons=reasons,
@@ -324,7 +324,7 @@ def _classify(
         )
     if sig.auto:
         return Classification(
-            "auto-reply", reasons, True, original_message_id=_auto_reply_origin(msg), verp_recipient=verp
+            "auto-reply", reasons, True, original_message_id=_auto_reply_origin(msg, fields), verp_recipient=verp
         )
     if sig.lists:
         return Classification("list", reasons, True, verp_recipient=verp)

@@ -1,9 +1,9 @@
 """Parse stage: raw bytes → `ParsedMail`, once per message, under a hostile-input budget.
 
-Uses the stdlib `email` package with `policy.default`. Cheap checks on the raw bytes run first (size,
-header block, line length), the structure is checked after parsing (part count, nesting depth), and
-text is decoded best-effort with replacement characters: a broken charset still makes a ticket, with
-the defect recorded. A breach raises `Quarantine`, which the orchestrator turns into a quarantined row.
+Uses the stdlib `email` package with `policy.default`, each header object built once per message
+(`_header_memo`). Cheap checks on the raw bytes run first (size, header block, line length), the
+structure is checked after parsing (part count, nesting depth), and text is decoded best-effort with
+replacement characters: a broken charset still makes a ticket, with the defect recorded. A breach raises `Quarantine`, which the orchestrator turns into a quarantined row.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import email
 import re
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage, Message
+from email.policy import EmailPolicy
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 
-from mail2ticket.addresses import normalize_address, parse_address_list
+from mail2ticket._header_memo import MemoPolicy, new_policy
+from mail2ticket.addresses import address_pairs, normalize_address, parse_address_list, parse_list_takes_as_is
 from mail2ticket.safe_text import clean_text
 from mail2ticket.outcomes import Quarantine
 
@@ -69,6 +71,9 @@ class ParsedMail:
     headers: dict[str, tuple[str, ...]] = field(repr=False)
     # Every header field as it arrived (name, raw value), in order: for checks that depend on position.
     raw_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The body as text and its new text (quotes, signature removed), if the parse worker worked them out.
+    body: str | None = field(default=None, repr=False)
+    body_new_text: str | None = field(default=None, repr=False)
 
     def without_tree(self) -> ParsedMail:
         """This mail without the stdlib tree; `raw_headers` re-read from it (control headers may be stripped)."""
@@ -88,9 +93,19 @@ class ParsedMail:
 
 def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
     """Parse one message; raises only `Quarantine` (a budget breach or a parser failure), never anything else."""
+    return _guarded(raw, limits, new_policy())
+
+
+def parse_reference(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
+    """`parse` without its shortcuts: plain ``policy.default`` (every ``msg.get`` parses anew), every header through
+    its header class, every address list parsed from its decoded text. The baseline for equivalence tests."""
+    return _guarded(raw, limits, default_policy)
+
+
+def _guarded(raw: bytes, limits: Limits, policy: EmailPolicy[EmailMessage]) -> ParsedMail:
     _precheck(raw, limits)
     try:
-        return _parse(raw, limits)
+        return _parse(raw, limits, policy)
     except Quarantine:
         raise
     except RecursionError as exc:
@@ -101,19 +116,19 @@ def parse(raw: bytes, limits: Limits = Limits()) -> ParsedMail:
         raise Quarantine(f"unparseable: {type(exc).__name__}") from exc
 
 
-def _parse(raw: bytes, limits: Limits) -> ParsedMail:
+def _parse(raw: bytes, limits: Limits, policy: EmailPolicy[EmailMessage]) -> ParsedMail:
     bom = raw.startswith(_BOM)
-    msg = email.message_from_bytes(raw[len(_BOM):] if bom else raw, policy=default_policy)
+    msg = email.message_from_bytes(raw[len(_BOM):] if bom else raw, policy=policy)
     if not isinstance(msg, EmailMessage):  # pragma: no cover - policy.default always builds EmailMessage
         raise Quarantine("unparseable: unexpected message class")
     defects: list[str] = [type(d).__name__ for d in msg.defects] + (["LeadingByteOrderMark"] if bom else [])
     parts = _check_structure(msg, limits, defects)
     headers = _decoded_headers(msg, defects)
     text, html, attachments = _bodies(msg, parts, limits, defects)
-    from_list = parse_address_list(_first(headers, "from"))
-    reply_to_list = parse_address_list(_first(headers, "reply-to"))
-    to = parse_address_list(", ".join(headers.get("to", ())), limit=limits.max_recipients)
-    cc = parse_address_list(", ".join(headers.get("cc", ())), limit=limits.max_recipients)
+    from_list = _address_list(msg, headers, "from")
+    reply_to_list = _address_list(msg, headers, "reply-to")
+    to = _address_list(msg, headers, "to", limit=limits.max_recipients, every=True)
+    cc = _address_list(msg, headers, "cc", limit=limits.max_recipients, every=True)
     return ParsedMail(
         msg=msg,
         message_id=_first_id(_first(headers, "message-id")),
@@ -141,7 +156,8 @@ def _precheck(raw: bytes, limits: Limits) -> None:
     if not looks_like_mail(raw):
         raise Quarantine("not an email message: it does not start with a header field")
     end = raw.find(b"\n\n")
-    end_crlf = raw.find(b"\r\n\r\n")
+    # Only a CRLF blank line that starts before the first LF one can end the header block earlier.
+    end_crlf = raw.find(b"\r\n\r\n", 0, end + 3) if end >= 0 else raw.find(b"\r\n\r\n")
     cut = min(x for x in (end, end_crlf, len(raw)) if x >= 0)
     head = raw[:cut]
     if len(head) > limits.max_header_bytes:
@@ -149,9 +165,10 @@ def _precheck(raw: bytes, limits: Limits) -> None:
     count = sum(1 for line in head.splitlines() if line[:1] not in (b" ", b"\t"))
     if count > limits.max_header_count:
         raise Quarantine(f"{count} header fields exceed the limit of {limits.max_header_count}")
-    longest = longest_line(raw)
-    if longest > limits.max_line_length:
-        raise Quarantine(f"a line of {longest} bytes exceeds the limit of {limits.max_line_length}")
+    if _may_have_line_over(raw, limits.max_line_length):
+        longest = longest_line(raw)
+        if longest > limits.max_line_length:
+            raise Quarantine(f"a line of {longest} bytes exceeds the limit of {limits.max_line_length}")
     # Each MIME part needs a boundary line; far more than the part limit means a structure bomb.
     if raw.count(b"\n--") > limits.max_parts * 2 + 10:
         raise Quarantine(f"more than {limits.max_parts} MIME parts")
@@ -168,6 +185,21 @@ def longest_line(raw: bytes, chunk: int = 1 << 20) -> int:
         longest = max(longest, current + len(parts[0]), max(map(len, parts[1:-1]), default=0))
         current = len(parts[-1])
     return max(longest, current)
+
+
+def _may_have_line_over(raw: bytes, limit: int) -> bool:
+    """False if no line can be longer than `limit`, found without splitting the message into lines.
+
+    A line of limit + 1 bytes or more covers at least one whole aligned block of (limit + 2) // 2 bytes, so when
+    every whole block holds a CR or LF, no line is that long.
+    """
+    size = (limit + 2) // 2
+    if size < 1:
+        return True
+    for start in range(0, len(raw) - size + 1, size):
+        if raw.find(b"\n", start, start + size) < 0 and raw.find(b"\r", start, start + size) < 0:
+            return True
+    return False
 
 
 def looks_like_mail(raw: bytes) -> bool:
@@ -210,11 +242,12 @@ def _check_structure(msg: Message, limits: Limits, defects: list[str]) -> list[M
 
 def _decoded_headers(msg: EmailMessage, defects: list[str]) -> dict[str, tuple[str, ...]]:
     out: dict[str, list[str]] = {}
-    factory = default_policy.header_factory
+    policy = msg.policy
+    decode = policy.header_text if isinstance(policy, MemoPolicy) else _header_text
     for name, value in msg.raw_items():
         key = name.lower()
         try:
-            text = str(factory(name, value))
+            text = decode(name, value)
         except Exception:  # noqa: BLE001 - malformed header: keep the raw text, note the defect
             defects.append(f"HeaderError:{key[:40]}")
             text = str(value)
@@ -222,6 +255,28 @@ def _decoded_headers(msg: EmailMessage, defects: list[str]) -> dict[str, tuple[s
             text = _legacy_8bit(str(value), key, defects)
         out.setdefault(key, []).append(text.encode("utf-8", "replace").decode("utf-8"))
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _header_text(name: str, value: str) -> str:
+    return str(default_policy.header_factory(name, value))
+
+
+def _address_list(msg: EmailMessage, headers: dict[str, tuple[str, ...]], key: str, *, limit: int = 1000,
+                  every: bool = False) -> list[tuple[str, str]]:
+    """`parse_address_list` of the first decoded field `key` (of all of them, joined, if `every`).
+
+    When that text is the field's raw value, the header object `_decoded_headers` built for it already holds the
+    very parse `parse_address_list` would run on the same text: it is reused.
+    """
+    values = headers.get(key, ())
+    text = ", ".join(values) if every else _first(headers, key)
+    policy = msg.policy
+    if isinstance(policy, MemoPolicy) and text and (len(values) == 1 or not every) and parse_list_takes_as_is(text):
+        field = next(((name, value) for name, value in msg.raw_items() if name.lower() == key), None)
+        tree = policy.address_list(*field) if field is not None and field[1] == text else None
+        if tree is not None:
+            return address_pairs(tree, limit=limit)
+    return parse_address_list(text, limit=limit)
 
 
 def _has_8bit(value: object) -> bool:

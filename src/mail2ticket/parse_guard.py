@@ -51,6 +51,7 @@ from mail2ticket.classify import Classification, classify
 from mail2ticket.headers import strip_control_headers
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits, ParsedMail, parse
+from mail2ticket.text.body import with_body
 
 log = structlog.get_logger("mail2ticket.parse_guard")
 
@@ -87,16 +88,17 @@ class Analysed:
     classification: Classification
 
 
-def analyse(job: ParseJob, raw: bytes) -> Analysed:
-    """Parse, strip inbound control headers, classify: the pure part of processing (raises only Quarantine)."""
-    parsed = parse(raw, job.limits)
+def analyse(job: ParseJob, raw: bytes, parser: Callable[[bytes, Limits], ParsedMail] = parse) -> Analysed:
+    """Parse, strip inbound control headers, classify, work out the body text: the pure part of processing
+    (raises only Quarantine)."""
+    parsed = parser(raw, job.limits)
     assert parsed.msg is not None
     try:
         strip_control_headers(parsed.msg)
     except Exception as exc:
         raise Quarantine(f"unparseable: cannot strip control headers ({type(exc).__name__})") from exc
     classification = classify(parsed.msg, job.envelope_from, job.envelope_to, job.noreply_patterns)
-    return Analysed(parsed.without_tree(), classification)
+    return Analysed(with_body(parsed.without_tree()), classification)
 
 
 def memory_budget(limits: Limits) -> int:

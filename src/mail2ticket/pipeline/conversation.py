@@ -36,6 +36,7 @@ from mail2ticket.pipeline.requester import forwarded_requester
 from mail2ticket.pipeline.trust import authenticate, is_staff
 from mail2ticket.rules import Decision, MailFacts
 from mail2ticket.runtime import Runtime
+from mail2ticket.text.body import body_text
 from mail2ticket.thread import find_thread, strip_reply_prefixes
 
 CONTROL_PREFIX = "x-mail2ticket-"
@@ -181,7 +182,7 @@ def new_ticket(session: Session, runtime: Runtime, inbound: InboundMessage, pars
     subject: str | None = None
     forwarder: str | None = None
     forward_event: dict[str, Any] | None = None
-    body = store.body_text(parsed)
+    body = body_text(parsed)
     if queue.forwarded_requester and classification.kind == "human" and is_staff(queue, parsed.from_addr):
         found = forwarded_requester(parsed, body)
         if found is not None and not is_own(config, found.address) and found.address != parsed.from_addr:

@@ -35,6 +35,7 @@ from mail2ticket.parse import ParsedMail
 from mail2ticket.pipeline import commands, store
 from mail2ticket.pipeline.trust import authenticate
 from mail2ticket.runtime import Runtime
+from mail2ticket.text.body import body_text
 from mail2ticket.text.quotes import new_text
 
 MAX_NOTIFY_TEXT = 20_000
@@ -113,7 +114,7 @@ def handle_staff_followup(session: Session, runtime: Runtime, inbound: InboundMe
                           now: dt.datetime) -> str:
     """Record a staff member's mail to a ticket and act on it; returns the outcome for the log."""
     sender = parsed.from_addr or ""
-    body = store.body_text(parsed)
+    body = body_text(parsed)
     lines, rest = commands.split_commands(body)
     trust = authenticate(runtime.config, inbound, parsed, ticket.queue)
     if not trust.trusted:

@@ -22,8 +22,8 @@ from mail2ticket.db.models import Article, Attachment, InboundMessage, Ticket
 from mail2ticket.parse import ParsedAttachment, ParsedMail
 from mail2ticket.rules import Decision
 from mail2ticket.text.filenames import display_filename
-from mail2ticket.text.html import html_to_text, sanitize_html
-from mail2ticket.text.quotes import new_text
+from mail2ticket.text.body import body_new_text, body_text
+from mail2ticket.text.html import sanitize_html
 from mail2ticket.text.tnef import extract_tnef
 
 TNEF_TYPES = frozenset({"application/ms-tnef", "application/vnd.ms-tnef"})
@@ -63,14 +63,6 @@ def create_ticket(
     return ticket
 
 
-def body_text(parsed: ParsedMail) -> str:
-    if parsed.text.strip():
-        return parsed.text
-    if parsed.html:
-        return html_to_text(parsed.html)
-    return ""
-
-
 def add_inbound_article(
     session: Session,
     ticket: Ticket,
@@ -98,7 +90,7 @@ def add_inbound_article(
         thread_index=parsed.thread_index,
         subject=parsed.subject[:1000],
         text=full,
-        new_text=new_text(full) if full.strip() else "",
+        new_text=body_new_text(parsed, full),
         html=sanitize_html(parsed.html) if parsed.html else None,
         created_at=now,
     ))
