@@ -7,6 +7,8 @@ one acknowledgement per new ticket, and a crash in the middle of a batch neither
 
 from __future__ import annotations
 
+import base64
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -92,3 +94,37 @@ def test_kill_in_the_middle_of_a_batch_loses_and_doubles_nothing(app: App, tmp_p
     assert states_of(app) == {"done": 20}
     assert len(app.tickets()) == 20
     assert len(app.outbox_files()) == 20
+
+
+def with_attachment(raw: bytes, size: int) -> bytes:
+    """`raw` (a one-part text mail) with a base64 attachment of `size` random bytes: slow to parse."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.lower().startswith(b"content-"))
+    data = base64.encodebytes(os.urandom(size)).replace(b"\n", b"\r\n")
+    return (head + b"\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + body +
+            b"\r\n--x\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=plan.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + data + b"--x--\r\n")
+
+
+def test_a_backlog_is_stored_in_arrival_order_even_behind_a_slow_parse(app: App, tmp_path: Path) -> None:
+    # Parsing runs in two workers; a large mail must not let the mails behind it overtake it: tickets are
+    # numbered in arrival order and every reply finds the ticket of the mail it answers.
+    first = [citizen_mail(subject=f"Anliegen {i}", message_id=f"<m{i}@example.org>",
+                          sender=f"buerger{i}@example.org") for i in range(6)]
+    first[1] = with_attachment(first[1], 3 << 20)
+    replies = [citizen_mail(subject=f"Re: Anliegen {i}", message_id=f"<r{i}@example.org>",
+                            sender=f"buerger{i}@example.org", headers={"In-Reply-To": f"<m{i}@example.org>"})
+               for i in range(6)]
+    backlog = [first[0], first[1], replies[1], first[2], replies[0], first[3], first[4], replies[4], first[5],
+               replies[2], replies[3], replies[5]]
+    queue_backlog(app, tmp_path, backlog)
+
+    daemon = app.start()
+    try:
+        wait_until(lambda: "new" not in states_of(app), timeout=60, message="backlog processed")
+    finally:
+        daemon.stop()
+    tickets = sorted(app.tickets(), key=lambda t: str(t["number"]))
+    assert [t["subject"] for t in tickets] == [f"Anliegen {i}" for i in range(6)]
+    assert [t["articles"] for t in tickets] == [2] * 6

@@ -1,17 +1,19 @@
-"""Parse ahead: a helper thread feeds claimed messages through the parse worker while processing stores.
+"""Parse ahead: helper threads feed claimed messages through the parse workers while processing stores.
 
-Parsing runs in the parse worker process (`parse_guard`), so it uses the second core while the processing
-thread writes the previous messages to the database. The helper thread only reads (its own read-only
-snapshot per message, no write lock) and waits on the worker's pipe, so it hardly competes for the GIL.
+Parsing runs in parse worker processes (`parse_guard`), so it uses the other core while the processing thread
+writes the previous messages to the database. The helper threads only read (a read-only snapshot per message, no
+write lock) and wait on the workers' pipes, so they hardly compete for the GIL.
 
-At most `depth` results wait in the queue, and a batch is bounded in bytes: a backlog of large mails cannot
-pile up in memory. The depth lets a slow parse (a 2 MB attachment) overlap with storing the messages before it.
+One thread reads the next messages (envelope and, below PREFETCH_BYTES, the raw bytes) while the workers parse,
+so no worker sits idle while its next job is fetched. Larger messages are read piece by piece while they are
+sent and never held whole here. The messages are dealt to the workers in turn ("lanes", one thread each), and the
+results are handed out in the order of `ids` (a reply must be stored after the mail it answers). With two
+workers a slow parse (a 2 MB attachment) does not stall the stream: the other worker keeps parsing the messages
+behind it, and because parsing then outruns storing, a large mail is usually started well before it is needed.
 
-A second thread reads the next messages (envelope and, below PREFETCH_BYTES, the raw bytes) while the worker
-parses the current one, so the worker does not sit idle while its next job is fetched from the database.
-Larger messages are read piece by piece while they are sent, as before, and never held whole here.
+At most `depth` results wait per lane, and a batch is bounded in bytes: a backlog of large mails cannot pile up
+in memory.
 """
-
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from mail2ticket.parse import Limits
 from mail2ticket.parse_guard import Analysed, ParseGuard
 
 PREFETCH_BYTES = 1 << 20
-PREFETCH_DEPTH = 4  # at most this many small messages read ahead: ≤ 4 MiB
+PREFETCH_DEPTH = 4  # small messages read ahead per lane: at most 4 MiB each
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +62,30 @@ NOT_READY = NotReady()
 T = TypeVar("T")
 
 
+class _Lane:
+    """One parse worker's share: the messages read for it, and its results in order."""
+
+    def __init__(self, guard: ParseGuard, depth: int) -> None:
+        self.guard = guard
+        self.jobs: queue.Queue[_Loaded | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
+        self.results: queue.Queue[Prepared | None] = queue.Queue(maxsize=depth)
+
+
 class ParseAhead:
     """Iterates the parse results of `ids` in order; use as a context manager so the thread always ends."""
 
-    def __init__(self, factory: sessionmaker[Session], guard: ParseGuard, ids: Sequence[int], *,
-                 limits: Callable[[], tuple[Limits, float, tuple[str, ...]]], depth: int = 16) -> None:
+    def __init__(self, factory: sessionmaker[Session], guards: Sequence[ParseGuard], ids: Sequence[int], *,
+                 limits: Callable[[], tuple[Limits, float, tuple[str, ...]]], depth: int = 8) -> None:
         self._factory = factory
-        self._guard = guard
         self._ids = list(ids)
         self._limits = limits
-        self._queue: queue.Queue[Prepared | None] = queue.Queue(maxsize=depth)
-        self._loaded: queue.Queue[_Loaded | None] = queue.Queue(maxsize=PREFETCH_DEPTH)
+        self._lanes = [_Lane(guard, depth) for guard in guards[:max(1, len(self._ids))]]
         self._stop = threading.Event()
+        self._handed = 0
         self._done = False
-        self._threads = (threading.Thread(target=self._load_all, name="parse-ahead-read", daemon=True),
-                         threading.Thread(target=self._run, name="parse-ahead", daemon=True))
+        self._threads = [threading.Thread(target=self._load_all, name="parse-ahead-read", daemon=True)] + [
+            threading.Thread(target=self._run, args=(lane,), name=f"parse-ahead-{i}", daemon=True)
+            for i, lane in enumerate(self._lanes)]
 
     @property
     def ids(self) -> list[int]:
@@ -94,22 +105,26 @@ class ParseAhead:
         """The next result; NOT_READY if none arrives within `timeout` (None waits); None when all are done."""
         if self._done:
             return None
+        results = self._lanes[self._handed % len(self._lanes)].results
         try:
-            item = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+            item = results.get(timeout=timeout) if timeout is None or timeout > 0 else results.get_nowait()
         except queue.Empty:
             return NOT_READY
         if item is None:
             self._done = True
+            return None
+        self._handed += 1
         return item
 
     def _load_all(self) -> None:
         try:
-            for inbound_id in self._ids:
+            for index, inbound_id in enumerate(self._ids):
                 if self._stop.is_set():
                     return
-                _put(self._loaded, self._load(inbound_id), self._stop)
+                _put(self._lanes[index % len(self._lanes)].jobs, self._load(inbound_id), self._stop)
         finally:
-            _put(self._loaded, None, self._stop)
+            for lane in self._lanes:
+                _put(lane.jobs, None, self._stop)
 
     def _load(self, inbound_id: int) -> _Loaded:
         try:
@@ -124,20 +139,20 @@ class ParseAhead:
         except Exception as exc:  # noqa: BLE001 - handed on, see _prepare
             return _Loaded(inbound_id, error=exc)
 
-    def _run(self) -> None:
+    def _run(self, lane: _Lane) -> None:
         try:
             while not self._stop.is_set():
                 try:
-                    loaded = self._loaded.get(timeout=0.1)
+                    loaded = lane.jobs.get(timeout=0.1)
                 except queue.Empty:
                     continue
                 if loaded is None:
                     return
-                _put(self._queue, self._prepare(loaded), self._stop)
+                _put(lane.results, self._prepare(lane.guard, loaded), self._stop)
         finally:
-            _put(self._queue, None, self._stop)
+            _put(lane.results, None, self._stop)
 
-    def _prepare(self, loaded: _Loaded) -> Prepared:
+    def _prepare(self, guard: ParseGuard, loaded: _Loaded) -> Prepared:
         inbound_id = loaded.inbound_id
         if loaded.error is not None:
             return Prepared(inbound_id, error=loaded.error)
@@ -146,13 +161,13 @@ class ParseAhead:
         envelope_from, envelope_to = loaded.envelope
         try:
             limits, cpu_seconds, noreply = self._limits()
-            self._guard.cpu_seconds = cpu_seconds
+            guard.cpu_seconds = cpu_seconds
             if loaded.raw is not None:
-                analysed = self._guard.analyse(loaded.raw, limits, envelope_from=envelope_from,
+                analysed = guard.analyse(loaded.raw, limits, envelope_from=envelope_from,
                                                envelope_to=envelope_to, noreply_patterns=noreply)
             else:
                 with read_only(self._factory) as session:
-                    analysed = self._guard.analyse(lambda: repo_raw.read_raw(session, inbound_id), limits,
+                    analysed = guard.analyse(lambda: repo_raw.read_raw(session, inbound_id), limits,
                                                    envelope_from=envelope_from, envelope_to=envelope_to,
                                                    noreply_patterns=noreply)
             return Prepared(inbound_id, analysed=analysed)

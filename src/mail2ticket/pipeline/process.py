@@ -41,6 +41,7 @@ machine inside a transaction: acknowledgements are outbox rows, sent after the c
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ MAX_TRANSIENT_ATTEMPTS = 8
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
 SQLITE_BATCH = 256  # messages per batch: the parse-ahead pipeline restarts (runs empty) once per batch
 RUN_MESSAGES = 64  # messages per transaction at most
+PARSE_WORKERS = 2 if (os.cpu_count() or 1) >= 2 else 1
 POSTGRES_BATCH = 8  # small: the ticket counter row stays locked until the commit, other instances wait for it
 BATCH_BYTES = 32 << 20  # raw bytes per batch (a batch always takes at least one message)
 RUN_WAIT_SECONDS = 0.005  # how long a transaction waits for the next parse before it commits
@@ -89,14 +91,17 @@ class Processor:
     def __init__(self, services: Services, runtime: Callable[[], Runtime]) -> None:
         self.services = services
         self.runtime = runtime
-        self.guard = ParseGuard()
+        # Two parse workers where there are two cores: one slow parse then never stalls the stream (parse_ahead).
+        self.guards = tuple(ParseGuard() for _ in range(PARSE_WORKERS))
+        self.guard = self.guards[0]
         # What the failed savepoint learnt (rolled back with it), kept for the outcome row.
         self._defects: list[str] | None = None
         self._kind: str | None = None
 
     def close(self) -> None:
-        """Stop the parse worker (it also exits on its own when this process ends)."""
-        self.guard.close()
+        """Stop the parse workers (they also exit on their own when this process ends)."""
+        for guard in self.guards:
+            guard.close()
 
     def process_next(self, only: int | None = None) -> Result | None:
         """Process the oldest waiting message (or just `only`); None when there is nothing to do."""
@@ -137,7 +142,7 @@ class Processor:
             config = runtime.config
             return runtime.limits, config.limits.parse_timeout, tuple(config.loop_protection.noreply_patterns)
 
-        return ParseAhead(self.services.factory, self.guard, ids, limits=limits)
+        return ParseAhead(self.services.factory, self.guards, ids, limits=limits)
 
     def _store_run(self, ahead: ParseAhead, first: Prepared, results: list[Result]) -> Prepared | None:
         """Store `first` and every further result that is ready in one transaction; return the next one.
