@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mail2ticket.db import repo, repo_raw
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage
+from mail2ticket.db.rows import insert_now
 
 # Headers a relay or delivery agent prepends; a redelivered copy may differ only in these.
 TRACE_HEADERS = frozenset(
@@ -236,7 +237,7 @@ def insert(session: Session, prepared: Prepared,
     if existing is not None:
         return Stored(existing, duplicate=True)
     envelope = prepared.envelope
-    row = InboundMessage(
+    row = insert_now(session, InboundMessage(
         source=envelope.source,
         source_key=envelope.source_key,
         dedupe_scope=prepared.scope,
@@ -249,9 +250,7 @@ def insert(session: Session, prepared: Prepared,
         message_id=prepared.message_id,
         size=prepared.size,
         archive=envelope.archive,
-    )
-    session.add(row)
-    session.flush()
+    ))
     repo_raw.add_raw(session, row.id, prepared.parts, prepared.size)
     if extra is not None:
         extra(session, row)

@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, insert, or_, select, update
+from sqlalchemy import Select, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -50,10 +50,18 @@ def _skip_locked(session: Session, stmt: _S) -> _S:
 
 
 def find_inbound_duplicate(session: Session, source_key: str | None, scope: str, content_hash: str) -> int | None:
-    conditions: list[ColumnElement[bool]] = [(InboundMessage.dedupe_scope == scope) & (InboundMessage.content_hash == content_hash)]
-    if source_key is not None:
-        conditions.append(InboundMessage.source_key == source_key)
-    return session.scalar(select(InboundMessage.id).where(or_(*conditions)).limit(1))
+    conversation_repo.flush_for(session, InboundMessage)
+    params = {"scope": scope, "content_hash": content_hash, "source_key": source_key}
+    statement = _DUPLICATE_BY_CONTENT if source_key is None else _DUPLICATE
+    found = session.connection().execute(statement, params).scalar()
+    return None if found is None else int(found)
+
+
+_SAME_CONTENT = (InboundMessage.dedupe_scope == bindparam("scope")) & (
+    InboundMessage.content_hash == bindparam("content_hash"))
+_DUPLICATE_BY_CONTENT = select(InboundMessage.id).where(_SAME_CONTENT).limit(1)
+_DUPLICATE = select(InboundMessage.id).where(
+    or_(_SAME_CONTENT, InboundMessage.source_key == bindparam("source_key"))).limit(1)
 
 
 def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,

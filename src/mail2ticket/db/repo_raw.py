@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import cast
 
-from sqlalchemy import ColumnElement, func, insert, literal_column, select
+from sqlalchemy import ColumnElement, bindparam, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.models import AttachmentContent, RawMessage
@@ -24,12 +24,17 @@ STREAM_THRESHOLD = 1 << 20
 
 def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int) -> None:
     """Insert the raw bytes of inbound row `inbound_id` (already flushed) inside the current transaction."""
-    if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
+    connection = session.connection()
+    if connection.dialect.name != "sqlite" or size < STREAM_THRESHOLD:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=data))
+        connection.execute(_INSERT_RAW, {"inbound_id": inbound_id, "data": data})
         return
-    session.execute(insert(RawMessage).values(inbound_id=inbound_id, data=func.zeroblob(size)))
+    connection.execute(_INSERT_ZEROBLOB, {"inbound_id": inbound_id, "size": size})
     _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
+
+
+_INSERT_RAW = insert(RawMessage)
+_INSERT_ZEROBLOB = insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=func.zeroblob(bindparam("size")))
 
 
 def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -> tuple[int, Iterator[bytes]]:
