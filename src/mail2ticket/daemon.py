@@ -173,7 +173,7 @@ class Daemon:
         count = self.outbox.run_once()
         if self.deliverer.handled:
             with contextlib.suppress(Exception):
-                with unit_of_work(self.services.factory) as session:
+                with read_only(self.services.factory) as session:
                     infos = delivered_info(session, list(self.deliverer.handled))
                 count_delivered(self.metrics, infos)
         return count > 0

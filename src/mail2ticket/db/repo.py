@@ -323,17 +323,19 @@ def automatic_mails_since(session: Session, *, recipient: str | None = None, tic
     return session.scalar(stmt) or 0
 
 
+_DUE = or_(
+    (OutboundMail.state == OutboundState.QUEUED) & (OutboundMail.next_attempt_at <= bindparam("now")),
+    (OutboundMail.state == OutboundState.SENDING) & (OutboundMail.claim_expires_at < bindparam("now")),
+)
+
+
 def claim_due_outbound(session: Session, owner: str, now: dt.datetime, lease: dt.timedelta,
                        limit: int = 10) -> list[OutboundMail]:
     """Queued mails that are due, and mails whose sender died mid-send (lease expired), leased to `owner`."""
     stmt = (
         select(OutboundMail)
-        .where(
-            or_(
-                (OutboundMail.state == OutboundState.QUEUED) & (OutboundMail.next_attempt_at <= now),
-                (OutboundMail.state == OutboundState.SENDING) & (OutboundMail.claim_expires_at < now),
-            )
-        )
+        .where(_DUE)
+        .params(now=now)
         .order_by(OutboundMail.next_attempt_at, OutboundMail.id)
         .limit(limit)
     )
@@ -345,6 +347,30 @@ def claim_due_outbound(session: Session, owner: str, now: dt.datetime, lease: dt
         row.attempts += 1
     session.flush()
     return rows
+
+
+def outbound_due(session: Session, now: dt.datetime) -> bool:
+    """Whether `claim_due_outbound` would find anything (a read: no lock taken)."""
+    return session.execute(select(OutboundMail.id).where(_DUE).limit(1), {"now": now}).first() is not None
+
+
+def mark_outbound_sent(session: Session, outbound_id: int, owner: str,
+                       now: dt.datetime) -> tuple[int | None, str, str, str, int] | None:
+    """Record the delivery of a mail `owner` holds; its (ticket_id, template, recipient, message_id, attempts),
+    or None if `owner` no longer holds it."""
+    row = session.connection().execute(_MARK_SENT, {"outbound_id": outbound_id, "owner": owner, "now": now}).first()
+    return None if row is None else (row[0], row[1], row[2], row[3], row[4])
+
+
+_MARK_SENT = (
+    update(OutboundMail)
+    .where(OutboundMail.id == bindparam("outbound_id"), OutboundMail.claimed_by == bindparam("owner"),
+           OutboundMail.state == OutboundState.SENDING)
+    .values(state=OutboundState.SENT, sent_at=bindparam("now"), claimed_by=None, claim_expires_at=None,
+            last_error=None)
+    .returning(OutboundMail.ticket_id, OutboundMail.template, OutboundMail.recipient, OutboundMail.message_id,
+               OutboundMail.attempts)
+)
 
 
 def next_outbound_due(session: Session) -> dt.datetime | None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config.model import SmtpOutConfig
 from mail2ticket.db import repo
-from mail2ticket.db.engine import unit_of_work
+from mail2ticket.db.engine import read_only, unit_of_work
 from mail2ticket.db.models import OutboundState
 from mail2ticket.failpoints import failpoint
 from mail2ticket.outbox.deliver import Deliverer, PermanentDeliveryError, TransientDeliveryError
@@ -58,6 +59,11 @@ class OutboxWorker:
         self._rng = random.Random()
 
     def run_once(self, limit: int = 10) -> int:
+        # Looking costs no write lock: the daemon wakes this worker after every processing run, and a write
+        # transaction that finds nothing would still end the processing run that holds the lock.
+        with read_only(self.factory) as session:
+            if not repo.outbound_due(session, self.clock()):
+                return 0
         with unit_of_work(self.factory) as session:
             claimed = [
                 (row.id, row.envelope_from, row.recipient, row.raw, row.message_id)
@@ -68,7 +74,7 @@ class OutboxWorker:
         return len(claimed)
 
     def next_due(self) -> dt.datetime | None:
-        with unit_of_work(self.factory) as session:
+        with read_only(self.factory) as session:
             return repo.next_outbound_due(session)
 
     def _send(self, outbound_id: int, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
@@ -79,6 +85,9 @@ class OutboxWorker:
         except (TransientDeliveryError, PermanentDeliveryError) as exc:
             error = exc
         failpoint("outbox.after_send_before_commit")
+        if error is None:
+            self._record_sent(outbound_id, bound)
+            return
         with unit_of_work(self.factory) as session:
             row = repo.get_outbound(session, outbound_id)
             if row is None or row.claimed_by != self.owner or row.state != OutboundState.SENDING:
@@ -86,14 +95,6 @@ class OutboxWorker:
             now = self.clock()
             row.claimed_by = None
             row.claim_expires_at = None
-            if error is None:
-                row.state = OutboundState.SENT
-                row.sent_at = now
-                row.last_error = None
-                repo.add_event(session, "mail_sent", ticket_id=row.ticket_id, template=row.template,
-                               recipient=row.recipient, message_id=row.message_id)
-                bound.info("outbound_sent", template=row.template, attempts=row.attempts)
-                return
             row.last_error = str(error)[:1000]
             give_up = row.created_at + dt.timedelta(hours=self.config.give_up_after_hours)
             if isinstance(error, PermanentDeliveryError) or now >= give_up:
@@ -108,3 +109,14 @@ class OutboxWorker:
                 )
                 bound.info("outbound_deferred", error=row.last_error, attempts=row.attempts,
                            next_attempt_at=row.next_attempt_at.isoformat())
+
+    def _record_sent(self, outbound_id: int, bound: Any) -> None:
+        """The common outcome in one statement (plus its event): this commit follows every single mail (T20)."""
+        with unit_of_work(self.factory) as session:
+            row = repo.mark_outbound_sent(session, outbound_id, self.owner, self.clock())
+            if row is None:  # the lease ran out and another worker took the mail over meanwhile
+                return
+            ticket_id, template, recipient, message_id, attempts = row
+            repo.add_event(session, "mail_sent", ticket_id=ticket_id, template=template, recipient=recipient,
+                           message_id=message_id)
+        bound.info("outbound_sent", template=template, attempts=attempts)

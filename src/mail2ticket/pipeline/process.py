@@ -70,6 +70,7 @@ MAX_TRANSIENT_ATTEMPTS = 8
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
 SQLITE_BATCH = 256  # messages per batch: the parse-ahead pipeline restarts (runs empty) once per batch
 RUN_MESSAGES = 64  # messages per transaction at most
+ROWS_PER_QUERY = 16  # intake rows loaded at a time: a run ended early by another writer wastes few
 PARSE_WORKERS = 2 if (os.cpu_count() or 1) >= 2 else 1
 POSTGRES_BATCH = 8  # small: the ticket counter row stays locked until the commit, other instances wait for it
 BATCH_BYTES = 32 << 20  # raw bytes per batch (a batch always takes at least one message)
@@ -157,15 +158,14 @@ class Processor:
         following: Prepared | NotReady | None = None
         try:
             with unit_of_work(self.services.factory) as session:
-                start = ahead.ids.index(first.inbound_id)
-                rows = repo.inbound_rows(session, ahead.ids[start:start + RUN_MESSAGES])
+                rows: dict[int, InboundMessage] = {}
                 item = first
                 while True:
                     run.append(item.inbound_id)
-                    row = rows.get(item.inbound_id)
-                    if row is None:  # beyond the rows loaded for the run (parses arrive in id order, so rare)
-                        row = repo.inbound_rows(session, [item.inbound_id]).get(item.inbound_id)
-                    if (result := self._one(session, item, row)) is not None:
+                    if item.inbound_id not in rows:  # the rows of the next few messages, in one query
+                        start = ahead.ids.index(item.inbound_id)
+                        rows = repo.inbound_rows(session, ahead.ids[start:start + ROWS_PER_QUERY])
+                    if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
                         stored.append(result)
                     if (len(run) >= RUN_MESSAGES or time.monotonic() - started > MAX_RUN_SECONDS
                             or writers_waiting(self.services.engine)):
