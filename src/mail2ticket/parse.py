@@ -25,6 +25,7 @@ from mail2ticket.outcomes import Quarantine
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
 _BOM = b"\xef\xbb\xbf"  # Windows tools save mail with a UTF-8 byte order mark
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}")
+_LINESEP = re.compile(r"\n|\r")  # email.policy.linesep_splitter: what header_fetch_parse removes
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +248,8 @@ def _decoded_headers(msg: EmailMessage, defects: list[str]) -> dict[str, tuple[s
     for name, value in msg.raw_items():
         key = name.lower()
         try:
-            text = decode(name, value)
+            # Unfolded first, as msg.get() does: a folded structured field fails to parse or loses its tail.
+            text = decode(name, "".join(_LINESEP.split(value)))
         except Exception:  # noqa: BLE001 - malformed header: keep the raw text, note the defect
             defects.append(f"HeaderError:{key[:40]}")
             text = str(value)
