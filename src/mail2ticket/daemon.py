@@ -54,7 +54,7 @@ from mail2ticket.metrics import (
     count_delivered,
     count_processed,
     delivered_info,
-    processed_info,
+    processed_infos,
     take_snapshot,
 )
 from mail2ticket.outbox.deliver import Deliverer
@@ -161,9 +161,10 @@ class Daemon:
             self._loop.call_soon_threadsafe(self.outbox_wake.set)
         with contextlib.suppress(Exception):  # metrics must never fail a processed message
             with read_only(self.services.factory) as session:
-                for result in results:
-                    if (info := processed_info(session, result.inbound_id)) is not None:
-                        count_processed(self.metrics, result.state, info)
+                infos = processed_infos(session, [result.inbound_id for result in results])
+            for result in results:
+                if (info := infos.get(result.inbound_id)) is not None:
+                    count_processed(self.metrics, result.state, info)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.outbox_wake.set)
         return True
