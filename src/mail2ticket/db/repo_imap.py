@@ -7,12 +7,14 @@ the intake transaction of its message, so "stored but not yet flagged/moved" is 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mail2ticket.db.conversation_repo import flush_for
 from mail2ticket.db.models import ActionState, ImapAction, MailboxState
 
 MAX_ERROR = 1000
@@ -75,17 +77,25 @@ def advance_cursor(session: Session, mailbox: str, folder: str, uidvalidity: int
 def plan_action(session: Session, *, inbound_id: int | None, mailbox: str, folder: str, uidvalidity: int,
                 uid: int, action: str, message_id: str | None, content_hash: str | None) -> int:
     """Record the server action for one message (idempotent: an existing row for the same UID is returned)."""
-    existing = session.scalar(
-        select(ImapAction.id).where(ImapAction.mailbox == mailbox, ImapAction.folder == folder,
-                                    ImapAction.uidvalidity == uidvalidity, ImapAction.uid == uid)
-    )
+    # Core statements on the session's connection: one of each per fetched message, no ORM object needed.
+    flush_for(session, ImapAction)
+    connection = session.connection()
+    key = {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity, "uid": uid}
+    existing = connection.execute(_ACTION_FOR_UID, key).scalar()
     if existing is not None:
         return int(existing)
-    row = ImapAction(inbound_id=inbound_id, mailbox=mailbox, folder=folder, uidvalidity=uidvalidity, uid=uid,
-                     action=action, message_id=message_id[:998] if message_id else None, content_hash=content_hash)
-    session.add(row)
-    session.flush()
-    return row.id
+    result = connection.execute(_INSERT_ACTION, {
+        **key, "inbound_id": inbound_id, "action": action,
+        "message_id": message_id[:998] if message_id else None, "content_hash": content_hash})
+    (action_id,) = result.inserted_primary_key or (None,)
+    assert action_id is not None
+    return int(action_id)
+
+
+_ACTION_FOR_UID = select(ImapAction.id).where(
+    ImapAction.mailbox == bindparam("mailbox"), ImapAction.folder == bindparam("folder"),
+    ImapAction.uidvalidity == bindparam("uidvalidity"), ImapAction.uid == bindparam("uid"))
+_INSERT_ACTION = insert(ImapAction)
 
 
 def action_attempts(session: Session, action_id: int) -> int:
@@ -103,13 +113,19 @@ def pending_actions(session: Session, mailbox: str, folder: str, uidvalidity: in
     return [PlannedAction(r.id, r.inbound_id, r.uidvalidity, r.uid, r.action, r.attempts) for r in rows]
 
 
-def finish_action(session: Session, action_id: int, now: dt.datetime, note: str | None = None) -> None:
-    session.execute(
-        update(ImapAction).where(ImapAction.id == action_id)
-        .values(state=ActionState.DONE, done_at=now, last_error=note[:MAX_ERROR] if note else None,
-                attempts=ImapAction.attempts + 1)
-        .execution_options(synchronize_session=False)
-    )
+def finish_actions(session: Session, actions: Sequence[tuple[int, str | None]], now: dt.datetime) -> None:
+    """Mark actions (id, note) done: one statement for a whole fetched batch."""
+    if actions:
+        session.connection().execute(_FINISH_ACTION, [
+            {"action_id": action_id, "now": now, "note": note[:MAX_ERROR] if note else None}
+            for action_id, note in actions])
+
+
+_FINISH_ACTION = (
+    update(ImapAction).where(ImapAction.id == bindparam("action_id"))
+    .values(state=ActionState.DONE, done_at=bindparam("now"), last_error=bindparam("note"),
+            attempts=ImapAction.attempts + 1)
+)
 
 
 def action_failed(session: Session, action_id: int, error: str, *, give_up: bool) -> None:

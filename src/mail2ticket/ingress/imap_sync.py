@@ -252,13 +252,12 @@ class FolderSync:
         failpoint("imap.after_action_before_done")
         now = self.clock()
         with unit_of_work(self.factory) as session:
+            done = [(item.action_id, outcomes[item.uid].note) for item in planned if outcomes[item.uid].ok]
+            repo_imap.finish_actions(session, done, now)
+            report.actions_done += len(done)
             for item in planned:
-                outcome = outcomes[item.uid]
-                if outcome.ok:
-                    repo_imap.finish_action(session, item.action_id, now, outcome.note)
-                    report.actions_done += 1
-                else:
-                    self._action_failed(session, item, outcome.note or "refused")
+                if not outcomes[item.uid].ok:
+                    self._action_failed(session, item, outcomes[item.uid].note or "refused")
         notes = {o.note for o in outcomes.values() if o.ok and o.note}
         for note in notes:
             self.log.info("imap_action_note", note=note)
