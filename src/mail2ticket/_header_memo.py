@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 else:
     _Base = EmailPolicy
 
-__all__ = ["MemoPolicy", "new_policy"]
+__all__ = ["MemoPolicy", "new_policy", "unfold"]
 
 # Bounds on what one message may keep alive: a parse tree takes tens of bytes per character of its value, and a
 # hostile message can carry a thousand parts with long headers each. Beyond them headers are simply parsed again.
@@ -53,6 +53,11 @@ MAX_VALUE_CHARS = 8192
 MAX_TOTAL_CHARS = 1 << 16
 
 _LINESEP = re.compile(r"\n|\r")  # email.policy.linesep_splitter
+
+
+def unfold(value: str) -> str:
+    """A raw header value without its line breaks, as ``header_fetch_parse`` hands it to the header class."""
+    return "".join(_LINESEP.split(value)) if "\n" in value or "\r" in value else value
 
 
 class _ClassCachingRegistry(HeaderRegistry):
@@ -115,9 +120,7 @@ class MemoPolicy(_Base):
         """``EmailPolicy.header_fetch_parse`` (what ``msg[name]`` and ``msg.get`` return), memoised."""
         if hasattr(value, "name"):
             return value
-        if "\n" in value or "\r" in value:
-            value = "".join(_LINESEP.split(value))
-        return self.header(name, value)
+        return self.header(name, unfold(value))
 
     def address_list(self, name: str, value: str) -> AddressList | None:
         """The parse tree of address header (name, value): ``get_address_list(value)``, which parses until nothing is

@@ -1,9 +1,10 @@
 """Parse stage: raw bytes → `ParsedMail`, once per message, under a hostile-input budget.
 
 Uses the stdlib `email` package with `policy.default`, each header object built once per message
-(`_header_memo`). Cheap checks on the raw bytes run first (size, header block, line length), the
-structure is checked after parsing (part count, nesting depth), and text is decoded best-effort with
-replacement characters: a broken charset still makes a ticket, with the defect recorded. A breach raises `Quarantine`, which the orchestrator turns into a quarantined row.
+(`_header_memo`). Cheap checks on the raw bytes run first (size, header block, line length), the structure is
+checked after parsing (part count, nesting depth), and text is decoded best-effort with replacement characters:
+a broken charset still makes a ticket, with the defect recorded. A breach raises `Quarantine`, which the
+orchestrator turns into a quarantined row.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from email.policy import EmailPolicy
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
 
-from mail2ticket._header_memo import MemoPolicy, new_policy
+from mail2ticket._header_memo import MemoPolicy, new_policy, unfold
 from mail2ticket.addresses import address_pairs, normalize_address, parse_address_list, parse_list_takes_as_is
 from mail2ticket.safe_text import clean_text
 from mail2ticket.outcomes import Quarantine
@@ -25,7 +26,6 @@ from mail2ticket.outcomes import Quarantine
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
 _BOM = b"\xef\xbb\xbf"  # Windows tools save mail with a UTF-8 byte order mark
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]{1,200}")
-_LINESEP = re.compile(r"\n|\r")  # email.policy.linesep_splitter: what header_fetch_parse removes
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +249,7 @@ def _decoded_headers(msg: EmailMessage, defects: list[str]) -> dict[str, tuple[s
         key = name.lower()
         try:
             # Unfolded first, as msg.get() does: a folded structured field fails to parse or loses its tail.
-            text = decode(name, "".join(_LINESEP.split(value)))
+            text = decode(name, unfold(value))
         except Exception:  # noqa: BLE001 - malformed header: keep the raw text, note the defect
             defects.append(f"HeaderError:{key[:40]}")
             text = str(value)

@@ -77,7 +77,7 @@ class ParseAhead:
     def __init__(self, factory: sessionmaker[Session], guards: Sequence[ParseGuard], ids: Sequence[int], *,
                  limits: Callable[[], tuple[Limits, float, tuple[str, ...]]], depth: int = 8) -> None:
         self._factory = factory
-        self._ids = list(ids)
+        self._ids = tuple(ids)
         self._limits = limits
         self._lanes = [_Lane(guard, depth) for guard in guards[:max(1, len(self._ids))]]
         self._stop = threading.Event()
@@ -88,8 +88,8 @@ class ParseAhead:
             for i, lane in enumerate(self._lanes)]
 
     @property
-    def ids(self) -> list[int]:
-        return list(self._ids)
+    def ids(self) -> tuple[int, ...]:
+        return self._ids
 
     def __enter__(self) -> ParseAhead:
         for thread in self._threads:
