@@ -29,6 +29,7 @@ from mail2ticket.db import repo, repo_raw
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage
 from mail2ticket.db.rows import insert_now
+from mail2ticket.db.savepoint import savepoint
 
 # Headers a relay or delivery agent prepends; a redelivered copy may differ only in these.
 TRACE_HEADERS = frozenset(
@@ -278,7 +279,7 @@ def insert_or_existing(session: Session, prepared: Prepared,
                        extra: Callable[[Session, InboundMessage], None] | None = None) -> Stored:
     """`insert` in a savepoint: when another instance inserted the same message meanwhile, its row is returned."""
     try:
-        with session.begin_nested():
+        with savepoint(session):
             return insert(session, prepared, extra)
     except IntegrityError:
         existing = find_duplicate(session, prepared)

@@ -27,7 +27,8 @@ THREAD_INDEX_CANDIDATES = 50
 #   the processing code added, so `repo.add_participant`, `outbox.enqueue` and `conversation_for` answer from
 #   memory. The record lives only as long as the savepoint that created the ticket (a later message of the
 #   same batch may take paths that change a ticket's rows without these functions) and is dropped on any
-#   rollback, so it is never stale: SQLite may even hand a rolled-back ticket's id to the next ticket.
+#   rollback, so it is never stale: SQLite may even hand a rolled-back ticket's id to the next ticket. The
+#   savepoint is the ORM's nested transaction or a message's `db.savepoint`, which forgets them at its end.
 # * A query only needs the autoflush if a pending change could alter its answer: `flush_for` flushes only
 #   when new, changed or deleted objects of the queried tables (or any deletion) are pending.
 
@@ -84,10 +85,15 @@ def note_enqueued(session: Session, ticket_id: int | None, dedupe_key: str) -> N
             entry.outbound += 1
 
 
-def _forget_all(session: Session, _previous: Any) -> None:
+def forget_fresh_tickets(session: Session) -> None:
+    """The message's savepoint has ended (`db.savepoint`): its fresh tickets are ordinary tickets from now on."""
     fresh = _fresh_map(session)
     if fresh:
         fresh.clear()
+
+
+def _forget_all(session: Session, _previous: Any) -> None:
+    forget_fresh_tickets(session)
 
 
 def _forget_ended(session: Session, transaction: SessionTransaction) -> None:

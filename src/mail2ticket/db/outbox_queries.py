@@ -15,6 +15,7 @@ from sqlalchemy import Select, String, bindparam, case, func, select, true
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.conversation_repo import flush_for
+from mail2ticket.db.direct import Direct
 from mail2ticket.db.models import OutboundMail, Ticket
 
 
@@ -39,12 +40,12 @@ def guard_counts(session: Session, *, recipient: str, ticket_id: int | None, rec
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         connection.execute(_ADVISORY_LOCK, {"key": "m2t-recipient:" + recipient})
-    # Core execution on the session's connection (same transaction) skips the ORM layer, which adds nothing to
+    # Direct execution on the session's connection (same transaction) skips the ORM layer, which adds nothing to
     # a count but its autoflush: done here, so rows added and not yet flushed (a new ticket, an earlier mail)
     # are counted; only when such rows are pending (participants and events, say, wait for the next flush).
     flush_for(session, Ticket, OutboundMail)
     params = {"recipient": recipient, "ticket_id": ticket_id, "recent": recent, "hour": hour, "day": day}
-    row = connection.execute(_GUARD_COUNTS, params).one()
+    row = _GUARD_COUNTS.execute(session, params).fetchone()
     return GuardCounts(*(int(value or 0) for value in row))
 
 
@@ -83,5 +84,5 @@ def _guard_counts_statement() -> Select[tuple[int, int, int, int, int, int]]:
     )
 
 
-_GUARD_COUNTS = _guard_counts_statement()
+_GUARD_COUNTS = Direct(_guard_counts_statement())
 _ADVISORY_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("key", type_=String()), 0)))

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from mail2ticket.db import conversation_repo
+from mail2ticket.db.direct import Direct
 from mail2ticket.db.models import (
     Article,
     Event,
@@ -35,6 +36,7 @@ from mail2ticket.db.models import (
     Participant,
     Ticket,
     TicketCounter,
+    utcnow,
 )
 
 _S = TypeVar("_S", bound=Select[Any])
@@ -53,15 +55,15 @@ def find_inbound_duplicate(session: Session, source_key: str | None, scope: str,
     conversation_repo.flush_for(session, InboundMessage)
     params = {"scope": scope, "content_hash": content_hash, "source_key": source_key}
     statement = _DUPLICATE_BY_CONTENT if source_key is None else _DUPLICATE
-    found = session.connection().execute(statement, params).scalar()
+    found = statement.scalar(session, params)
     return None if found is None else int(found)
 
 
 _SAME_CONTENT = (InboundMessage.dedupe_scope == bindparam("scope")) & (
     InboundMessage.content_hash == bindparam("content_hash"))
-_DUPLICATE_BY_CONTENT = select(InboundMessage.id).where(_SAME_CONTENT).limit(1)
-_DUPLICATE = select(InboundMessage.id).where(
-    or_(_SAME_CONTENT, InboundMessage.source_key == bindparam("source_key"))).limit(1)
+_DUPLICATE_BY_CONTENT = Direct(select(InboundMessage.id).where(_SAME_CONTENT).limit(1))
+_DUPLICATE = Direct(select(InboundMessage.id).where(
+    or_(_SAME_CONTENT, InboundMessage.source_key == bindparam("source_key"))).limit(1))
 
 
 def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,
@@ -101,10 +103,12 @@ def inbound_rows(session: Session, ids: Sequence[int]) -> dict[int, InboundMessa
 
 def inbound_envelope(session: Session, inbound_id: int) -> tuple[str | None, list[str]] | None:
     """Envelope sender and recipients of one stored message, or None if there is no such row."""
-    row = session.execute(
-        select(InboundMessage.envelope_from, InboundMessage.envelope_to).where(InboundMessage.id == inbound_id)
-    ).one_or_none()
+    row = _INBOUND_ENVELOPE.first(session, {"inbound_id": inbound_id})
     return None if row is None else (row[0], list(row[1] or ()))
+
+
+_INBOUND_ENVELOPE = Direct(select(InboundMessage.envelope_from, InboundMessage.envelope_to)
+                           .where(InboundMessage.id == bindparam("inbound_id")))
 
 
 def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
@@ -140,11 +144,11 @@ def get_inbound(session: Session, inbound_id: int, *, with_raw: bool = False) ->
 def next_ticket_seq(session: Session, year: int) -> int:
     """Increment the per-year counter under its row lock; gaps are possible (rolled-back transactions).
 
-    A Core statement on the session's connection: no ORM bulk-update machinery and no autoflush, which the
+    A `Direct` statement on the session's connection: no ORM bulk-update machinery and no autoflush, which the
     counter row does not need (it is never a pending object: it is only created, and flushed, below).
     """
     for _ in range(3):
-        seq = session.connection().execute(_NEXT_SEQ, {"counter_year": year}).scalar()
+        seq = _NEXT_SEQ.scalar(session, {"counter_year": year})
         if seq is not None:
             return int(seq)
         session.flush()  # pending rows of the caller must not fail inside the savepoint below
@@ -156,7 +160,7 @@ def next_ticket_seq(session: Session, year: int) -> int:
     raise RuntimeError(f"could not allocate a ticket number for {year}")
 
 
-_NEXT_SEQ = (
+_NEXT_SEQ = Direct(
     update(TicketCounter)
     .where(TicketCounter.year == bindparam("counter_year"))
     .values(last_seq=TicketCounter.last_seq + 1)
@@ -179,32 +183,44 @@ def ticket_by_message_ids(session: Session, message_ids: Sequence[str]) -> Ticke
     ids = list(dict.fromkeys(message_ids))
     found: dict[str, int] = {}
     conversation_repo.flush_for(session, Article, OutboundMail)
-    connection = session.connection()  # Core: plain tuples, no ORM layer
-    for mid, tid in connection.execute(
-        select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(ids))
-    ):
-        if mid is not None:
-            found.setdefault(mid, tid)
-    for out_mid, out_tid in connection.execute(
-        select(OutboundMail.message_id, OutboundMail.ticket_id).where(
-            OutboundMail.message_id.in_(ids), OutboundMail.ticket_id.is_not(None)
-        )
-    ):
-        if out_tid is not None:
-            found.setdefault(out_mid, out_tid)
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start:start + _IDS_PER_QUERY]
+        params = {f"mid{i}": mid for i, mid in enumerate(chunk)}
+        by_article, by_outbound = _tickets_by_message_ids(len(chunk))
+        for mid, tid in by_article.execute(session, params).fetchall():
+            if mid is not None:
+                found.setdefault(mid, tid)
+        for out_mid, out_tid in by_outbound.execute(session, params).fetchall():
+            if out_tid is not None:
+                found.setdefault(out_mid, out_tid)
     for mid in reversed(ids):
         if mid in found:
             return session.get(Ticket, found[mid])
     return None
 
 
+_IDS_PER_QUERY = 8
+_BY_MESSAGE_IDS: dict[int, tuple[Direct, Direct]] = {}
+
+
+def _tickets_by_message_ids(count: int) -> tuple[Direct, Direct]:
+    """(Message-ID, ticket id) of articles and of outbound mails, for `count` Message-IDs `mid0`, `mid1`, …"""
+    if (found := _BY_MESSAGE_IDS.get(count)) is None:
+        mids = [bindparam(f"mid{i}", type_=Article.message_id.type) for i in range(count)]
+        found = _BY_MESSAGE_IDS[count] = (
+            Direct(select(Article.message_id, Article.ticket_id).where(Article.message_id.in_(mids))),
+            Direct(select(OutboundMail.message_id, OutboundMail.ticket_id).where(
+                OutboundMail.message_id.in_(mids), OutboundMail.ticket_id.is_not(None))))
+    return found
+
+
 def article_with_message_id(session: Session, message_id: str) -> Article | None:
     conversation_repo.flush_for(session, Article)
-    found = session.connection().execute(_ARTICLE_BY_MESSAGE_ID, {"message_id": message_id}).scalar()
+    found = _ARTICLE_BY_MESSAGE_ID.scalar(session, {"message_id": message_id})
     return None if found is None else session.get(Article, found)
 
 
-_ARTICLE_BY_MESSAGE_ID = (
+_ARTICLE_BY_MESSAGE_ID = Direct(
     select(Article.id).where(Article.message_id == bindparam("message_id"), Article.direction == "in").limit(1)
 )
 
@@ -213,26 +229,25 @@ def is_participant(session: Session, ticket_id: int, address: str) -> bool:
     if (fresh := conversation_repo.fresh_ticket(session, ticket_id)) is not None:
         return address in fresh.participants  # all its participants were added by add_participant, below
     conversation_repo.flush_for(session, Participant)
-    return session.connection().execute(
-        _PARTICIPANT, {"ticket_id": ticket_id, "address": address}).scalar() is not None
+    return _PARTICIPANT.scalar(session, {"ticket_id": ticket_id, "address": address}) is not None
 
 
-_PARTICIPANT = select(Participant.id).where(
-    Participant.ticket_id == bindparam("ticket_id"), Participant.address == bindparam("address")).limit(1)
+_PARTICIPANT = Direct(select(Participant.id).where(
+    Participant.ticket_id == bindparam("ticket_id"), Participant.address == bindparam("address")).limit(1))
 
 
 def add_participant(session: Session, ticket_id: int, address: str, name: str | None, role: str) -> bool:
     if is_participant(session, ticket_id, address):
         return False
     # Written at once (nothing of the processing holds the row as an object): no ORM flush for it.
-    session.connection().execute(_INSERT_PARTICIPANT, {"ticket_id": ticket_id, "address": address, "name": name,
-                                                       "role": role})
+    _INSERT_PARTICIPANT.execute(session, {"ticket_id": ticket_id, "address": address, "name": name, "role": role})
     if (fresh := conversation_repo.fresh_ticket(session, ticket_id)) is not None:
         fresh.participants.add(address)
     return True
 
 
-_INSERT_PARTICIPANT = insert(Participant)
+_INSERT_PARTICIPANT = Direct(insert(Participant).values(
+    {name: bindparam(name) for name in ("ticket_id", "address", "name", "role")}))
 
 
 def participants(session: Session, ticket_id: int) -> list[Participant]:
@@ -250,12 +265,12 @@ def add_event(
 ) -> None:
     """Append to the audit trail. Written at once through the session's connection (same transaction): nothing
     reads an event back while processing, and an INSERT costs a fraction of an ORM object plus its flush."""
-    session.connection().execute(
-        _INSERT_EVENT, {"ticket_id": ticket_id, "inbound_id": inbound_id, "type": type_, "actor": actor,
-                        "detail": detail})
+    _INSERT_EVENT.execute(session, {"ticket_id": ticket_id, "inbound_id": inbound_id, "type": type_, "actor": actor,
+                                    "detail": detail, "created_at": utcnow()})
 
 
-_INSERT_EVENT = insert(Event)
+_INSERT_EVENT = Direct(insert(Event).values(
+    {name: bindparam(name) for name in ("ticket_id", "inbound_id", "type", "actor", "detail", "created_at")}))
 
 
 def list_tickets(
@@ -296,11 +311,11 @@ def events(session: Session, ticket_id: int) -> list[Event]:
 
 def outbound_by_dedupe_key(session: Session, key: str) -> OutboundMail | None:
     conversation_repo.flush_for(session, OutboundMail)
-    found = session.connection().execute(_OUTBOUND_BY_KEY, {"key": key}).scalar()
+    found = _OUTBOUND_BY_KEY.scalar(session, {"key": key})
     return None if found is None else session.get(OutboundMail, found)
 
 
-_OUTBOUND_BY_KEY = select(OutboundMail.id).where(OutboundMail.dedupe_key == bindparam("key"))
+_OUTBOUND_BY_KEY = Direct(select(OutboundMail.id).where(OutboundMail.dedupe_key == bindparam("key")))
 
 
 def automatic_mails_since(session: Session, *, recipient: str | None = None, ticket_id: int | None = None,
@@ -358,11 +373,11 @@ def mark_outbound_sent(session: Session, outbound_id: int, owner: str,
                        now: dt.datetime) -> tuple[int | None, str, str, str, int] | None:
     """Record the delivery of a mail `owner` holds; its (ticket_id, template, recipient, message_id, attempts),
     or None if `owner` no longer holds it."""
-    row = session.connection().execute(_MARK_SENT, {"outbound_id": outbound_id, "owner": owner, "now": now}).first()
+    row = _MARK_SENT.first(session, {"outbound_id": outbound_id, "owner": owner, "now": now})
     return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
 
-_MARK_SENT = (
+_MARK_SENT = Direct(
     update(OutboundMail)
     .where(OutboundMail.id == bindparam("outbound_id"), OutboundMail.claimed_by == bindparam("owner"),
            OutboundMail.state == OutboundState.SENDING)

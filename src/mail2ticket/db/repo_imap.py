@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.conversation_repo import flush_for
-from mail2ticket.db.models import ActionState, ImapAction, MailboxState
+from mail2ticket.db.direct import Direct
+from mail2ticket.db.models import ActionState, ImapAction, MailboxState, utcnow
 
 MAX_ERROR = 1000
 
@@ -77,25 +78,26 @@ def advance_cursor(session: Session, mailbox: str, folder: str, uidvalidity: int
 def plan_action(session: Session, *, inbound_id: int | None, mailbox: str, folder: str, uidvalidity: int,
                 uid: int, action: str, message_id: str | None, content_hash: str | None) -> int:
     """Record the server action for one message (idempotent: an existing row for the same UID is returned)."""
-    # Core statements on the session's connection: one of each per fetched message, no ORM object needed.
+    # Direct statements on the session's connection: one of each per fetched message, no ORM object needed.
     flush_for(session, ImapAction)
-    connection = session.connection()
     key = {"mailbox": mailbox, "folder": folder, "uidvalidity": uidvalidity, "uid": uid}
-    existing = connection.execute(_ACTION_FOR_UID, key).scalar()
+    existing = _ACTION_FOR_UID.scalar(session, key)
     if existing is not None:
         return int(existing)
-    result = connection.execute(_INSERT_ACTION, {
+    action_id = _INSERT_ACTION.scalar(session, {
         **key, "inbound_id": inbound_id, "action": action,
-        "message_id": message_id[:998] if message_id else None, "content_hash": content_hash})
-    (action_id,) = result.inserted_primary_key or (None,)
+        "message_id": message_id[:998] if message_id else None, "content_hash": content_hash, "now": utcnow()})
     assert action_id is not None
     return int(action_id)
 
 
-_ACTION_FOR_UID = select(ImapAction.id).where(
+_ACTION_FOR_UID = Direct(select(ImapAction.id).where(
     ImapAction.mailbox == bindparam("mailbox"), ImapAction.folder == bindparam("folder"),
-    ImapAction.uidvalidity == bindparam("uidvalidity"), ImapAction.uid == bindparam("uid"))
-_INSERT_ACTION = insert(ImapAction)
+    ImapAction.uidvalidity == bindparam("uidvalidity"), ImapAction.uid == bindparam("uid")))
+_INSERT_ACTION = Direct(insert(ImapAction).values({
+    **{name: bindparam(name) for name in (
+        "mailbox", "folder", "uidvalidity", "uid", "inbound_id", "action", "message_id", "content_hash")},
+    "state": ActionState.PENDING, "attempts": 0, "created_at": bindparam("now")}).returning(ImapAction.id))
 
 
 def action_attempts(session: Session, action_id: int) -> int:

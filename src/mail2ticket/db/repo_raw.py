@@ -16,6 +16,7 @@ from typing import cast
 from sqlalchemy import ColumnElement, bindparam, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
+from mail2ticket.db.direct import Direct
 from mail2ticket.db.models import AttachmentContent, RawMessage
 
 # Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
@@ -27,14 +28,15 @@ def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int
     connection = session.connection()
     if connection.dialect.name != "sqlite" or size < STREAM_THRESHOLD:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        connection.execute(_INSERT_RAW, {"inbound_id": inbound_id, "data": data})
+        _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
         return
-    connection.execute(_INSERT_ZEROBLOB, {"inbound_id": inbound_id, "size": size})
+    _INSERT_ZEROBLOB.execute(session, {"inbound_id": inbound_id, "size": size})
     _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
 
 
-_INSERT_RAW = insert(RawMessage)
-_INSERT_ZEROBLOB = insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=func.zeroblob(bindparam("size")))
+_INSERT_RAW = Direct(insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=bindparam("data")))
+_INSERT_ZEROBLOB = Direct(
+    insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=func.zeroblob(bindparam("size"))))
 
 
 def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -> tuple[int, Iterator[bytes]]:
@@ -44,12 +46,11 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     message at once (reading the column would: SQLite assembles the blob, Python copies it).
     """
     if session.get_bind().dialect.name != "sqlite":
-        data = session.scalar(select(RawMessage.data).where(RawMessage.inbound_id == inbound_id))
+        data = _RAW_DATA.scalar(session, {"inbound_id": inbound_id})
         if data is None:
             raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
         return len(data), iter((bytes(data),))
-    row = session.execute(select(literal_column("rowid"), func.length(RawMessage.data))
-                          .where(RawMessage.inbound_id == inbound_id)).one_or_none()
+    row = _RAW_ROWID.first(session, {"inbound_id": inbound_id})
     if row is None:
         raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
     rowid, size = int(row[0]), int(row[1])
@@ -63,23 +64,34 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     return size, pieces()
 
 
+_RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")))
+_RAW_ROWID = Direct(select(literal_column("rowid"), func.length(RawMessage.data))
+                    .where(RawMessage.inbound_id == bindparam("inbound_id")))
+
+
 def add_content(session: Session, sha256: str, data: bytes) -> None:
     """Store attachment bytes once per sha256 (nothing happens when they are stored already).
 
     A large attachment is streamed into a zeroblob on SQLite: binding it whole would make SQLite copy it twice
     (the bound value and the record it builds), 50 MB more peak memory for a 25 MB file.
     """
-    known = session.scalar(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == sha256))
-    if known is not None:
+    if _CONTENT_KNOWN.scalar(session, {"sha256": sha256}) is not None:
         return
     size = len(data)
     if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
-        session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=data))
+        _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
         return
-    session.execute(insert(AttachmentContent).values(sha256=sha256, size=size, data=func.zeroblob(size)))
+    _INSERT_CONTENT_ZEROBLOB.execute(session, {"sha256": sha256, "size": size})
     view = memoryview(data)
     _fill_zeroblob(session, AttachmentContent, AttachmentContent.sha256 == sha256,
                    (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD)))
+
+
+_CONTENT_KNOWN = Direct(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == bindparam("sha256")))
+_INSERT_CONTENT = Direct(insert(AttachmentContent).values(
+    sha256=bindparam("sha256"), size=bindparam("size"), data=bindparam("data")))
+_INSERT_CONTENT_ZEROBLOB = Direct(insert(AttachmentContent).values(
+    sha256=bindparam("sha256"), size=bindparam("size"), data=func.zeroblob(bindparam("size"))))
 
 
 def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentContent],

@@ -13,38 +13,36 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Insert, Table, bindparam, inspect, update
+from sqlalchemy import ColumnDefault, Table, bindparam, inspect, insert, update
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql import Update
+
+from mail2ticket.db.direct import Direct
 
 T = TypeVar("T")
 
-_INSERTS: dict[Table, Insert] = {}
-_UPDATES: dict[tuple[Table, tuple[str, ...]], Update] = {}
+_INSERTS: dict[tuple[Table, frozenset[str]], tuple[Direct, tuple[tuple[str, Any], ...]]] = {}
+_UPDATES: dict[tuple[Table, tuple[str, ...]], Direct] = {}
 
 
 def insert_now(session: Session, obj: T) -> T:
     """INSERT `obj` (a new object, not added to the session) now and attach it to `session` as persistent."""
     mapper: Mapper[Any] = inspect(type(obj))
-    table = mapper.local_table
-    assert isinstance(table, Table)
     values = obj.__dict__
-    params = {attr.columns[0].key: values[attr.key] for attr in mapper.column_attrs if attr.key in values}
-    statement = _INSERTS.get(table)
-    if statement is None:
-        statement = _INSERTS[table] = table.insert()
-    result = session.connection().execute(statement, params)
-    written = result.last_inserted_params()
-    assert not isinstance(written, list)  # one row, not executemany
-    (key,) = result.inserted_primary_key or (None,)
+    statement, columns = _insert_for(mapper, values)
+    params = {}
+    for key, column in columns:
+        if key in values:
+            params[column.key] = values[key]
+        else:  # a Python-side default (the statement names only columns that have one, see _insert_for)
+            default = column.default
+            assert isinstance(default, ColumnDefault)
+            values[key] = params[column.key] = default.arg(None) if default.is_callable else default.arg
     for attr in mapper.column_attrs:
-        column = attr.columns[0]
-        if column.primary_key:
-            values[attr.key] = key
-        elif attr.key not in values and column.server_default is None:
-            values[attr.key] = written.get(column.key)  # a Python-side default, or NULL
-    # Anything else (a server-side default) stays unloaded and is read from the row when first used.
+        if attr.key not in values and attr.columns[0].server_default is None:
+            values[attr.key] = None  # the column has no default: the row holds NULL
+    # The primary key comes back from the INSERT; a server-side default stays unloaded, read when first used.
+    values[mapper.get_property_by_column(mapper.primary_key[0]).key] = statement.scalar(session, params)
     make_transient_to_detached(obj)
     session.add(obj)
     # What a flush records for an object it inserted: the transaction (a SAVEPOINT included) that rolls back
@@ -56,6 +54,22 @@ def insert_now(session: Session, obj: T) -> T:
     return obj
 
 
+def _insert_for(mapper: Mapper[Any], values: dict[str, Any]) -> tuple[Direct, tuple[tuple[str, Any], ...]]:
+    """The INSERT … RETURNING id for the attributes set on an object, and the (attribute, column) pairs it binds."""
+    table = mapper.local_table
+    assert isinstance(table, Table)
+    given = frozenset(attr.key for attr in mapper.column_attrs if attr.key in values)
+    found = _INSERTS.get((table, given))
+    if found is None:
+        columns = tuple(
+            (attr.key, attr.columns[0]) for attr in mapper.column_attrs
+            if attr.key in given or (attr.columns[0].default is not None and not attr.columns[0].primary_key))
+        (pk,) = mapper.primary_key
+        statement = insert(table).values({column: bindparam(column.key) for _, column in columns}).returning(pk)
+        found = _INSERTS[(table, given)] = (Direct(statement), columns)
+    return found
+
+
 def update_now(session: Session, obj: object, **changes: Any) -> None:
     """UPDATE the columns `changes` of the persistent `obj` now; they become its loaded (unchanged) values."""
     mapper: Mapper[Any] = inspect(type(obj))
@@ -65,9 +79,9 @@ def update_now(session: Session, obj: object, **changes: Any) -> None:
     names = tuple(sorted(changes))
     statement = _UPDATES.get((table, names))
     if statement is None:
-        statement = _UPDATES[(table, names)] = (
+        statement = _UPDATES[(table, names)] = Direct(
             update(table).where(pk == bindparam("_pk")).values({name: bindparam(name) for name in names}))
     assert pk.key is not None
-    session.connection().execute(statement, {"_pk": getattr(obj, pk.key), **changes})
+    statement.execute(session, {"_pk": getattr(obj, pk.key), **changes})
     for name, value in changes.items():
         set_committed_value(obj, name, value)

@@ -55,6 +55,7 @@ from mail2ticket.db import repo
 from mail2ticket.db.engine import read_only, unit_of_work, writers_waiting
 from mail2ticket.db.models import InboundMessage, InboundState
 from mail2ticket.db.rows import update_now
+from mail2ticket.db.savepoint import TransactionLost, savepoint
 from mail2ticket.failpoints import failpoint
 from mail2ticket.outcomes import Ignore, Quarantine
 from mail2ticket.parse import Limits
@@ -184,12 +185,16 @@ class Processor:
                     item = following
         except TRANSIENT_ERRORS as exc:  # the commit failed: nothing of this run is stored
             stored = [self._defer(inbound_id, exc) for inbound_id in run]
+        except TransactionLost as lost:
+            results.extend(self._lost(run, lost))
+            return None  # the batch ends: the messages before the culprit come next, in their order
         results.extend(stored)
         nxt = ahead.next() if isinstance(following, NotReady) else following
         return nxt if isinstance(nxt, Prepared) else None
 
     def _claimed_batch(self, limit: int, only: Sequence[int], now: dt.datetime) -> list[Result]:
         run: list[int] = []
+        started: list[int] = []
         results: list[Result] = []
         try:
             with unit_of_work(self.services.factory) as session:
@@ -199,12 +204,33 @@ class Processor:
                 rows = repo.inbound_rows(session, run)
                 with self._parse_ahead(run) as ahead:
                     while isinstance(item := ahead.next(), Prepared):
+                        started.append(item.inbound_id)
                         if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
                             results.append(result)
         except TRANSIENT_ERRORS as exc:
             if not run:
                 raise
             return [self._defer(inbound_id, exc) for inbound_id in run]
+        except TransactionLost as lost:
+            return self._lost(started, lost)
+        return results
+
+    def _lost(self, run: list[int], lost: TransactionLost) -> list[Result]:
+        """The transaction ended inside the savepoint of the run's last message (a failed flush ends it all).
+
+        Nothing of the run is stored. That message is tried again later (a transient cause) or quarantined (a
+        bug); the messages before it were fine and simply wait again, with no attempt counted against them.
+        """
+        *waiting, culprit = run
+        results = [Result(inbound_id, InboundState.NEW, reason="deferred: transaction lost") for inbound_id in waiting]
+        cause = lost.__cause__ if isinstance(lost.__cause__, Exception) else lost
+        if isinstance(cause, TRANSIENT_ERRORS):
+            results.append(self._defer(culprit, cause))
+            return results
+        log.error("processing_failed", inbound_id=culprit, exc_info=cause)
+        with unit_of_work(self.services.factory) as session:
+            result = self._finish(session, culprit, InboundState.QUARANTINED, f"internal error: {type(cause).__name__}")
+        results.append(result or Result(culprit, InboundState.DONE, reason="finished elsewhere"))
         return results
 
     def _one(self, session: Session, item: Prepared, inbound: InboundMessage | None) -> Result | None:
@@ -214,7 +240,7 @@ class Processor:
         """
         self._defects, self._kind = None, None
         try:
-            with session.begin_nested():
+            with savepoint(session):
                 if inbound is None or inbound.state != InboundState.NEW:
                     return None
                 if item.error is not None:
@@ -227,6 +253,8 @@ class Processor:
             return self._finish(session, item.inbound_id, InboundState.IGNORED, outcome.reason)
         except TRANSIENT_ERRORS as exc:
             return self._postpone(session, item.inbound_id, exc)
+        except TransactionLost:
+            raise
         except Exception as exc:
             log.exception("processing_failed", inbound_id=item.inbound_id)
             return self._finish(session, item.inbound_id, InboundState.QUARANTINED,

@@ -13,10 +13,11 @@ import hashlib
 import mimetypes
 from collections.abc import Iterator
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.orm import Session
 
 from mail2ticket.db import conversation_repo, repo, repo_raw
+from mail2ticket.db.direct import Direct
 from mail2ticket.db.rows import insert_now
 from mail2ticket.db.models import Article, Attachment, InboundMessage, Ticket
 from mail2ticket.parse import ParsedAttachment, ParsedMail
@@ -171,7 +172,7 @@ def expand_attachments(attachments: tuple[ParsedAttachment, ...]) -> Iterator[Pa
 def add_attachment(session: Session, article: Article, attachment: ParsedAttachment) -> None:
     digest = hashlib.sha256(attachment.data).hexdigest()
     repo_raw.add_content(session, digest, attachment.data)
-    session.connection().execute(_INSERT_ATTACHMENT, {
+    _INSERT_ATTACHMENT.execute(session, {
         "article_id": article.id,
         "filename": display_filename(attachment.filename)[:255],
         "content_type": attachment.content_type[:255],
@@ -181,4 +182,6 @@ def add_attachment(session: Session, article: Article, attachment: ParsedAttachm
     })
 
 
-_INSERT_ATTACHMENT = insert(Attachment)  # nothing reads the row back while processing: no ORM object
+# Nothing reads the row back while processing: no ORM object.
+_INSERT_ATTACHMENT = Direct(insert(Attachment).values({name: bindparam(name) for name in (
+    "article_id", "filename", "content_type", "size", "sha256", "inline")}))
