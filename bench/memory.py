@@ -6,7 +6,7 @@ processed, VmHWM (peak) and VmRSS of the daemon are read from /proc/<pid>/status
 after start-up, before any mail. "Flat" means the peak after the last mail is within 10 % of the peak
 after the first.
 
-The parse worker (the daemon's child running `-m mail2ticket.parse_guard`) is a separate process with its
+The parse worker (the daemon's child running `-m mail2ticket.parse_worker`) is a separate process with its
 own peak, reported as a separate figure and not added to the daemon's: a sampler thread reads the VmHWM of
 every such child every 50 ms and keeps the highest per pid. A worker that is replaced (budget exceeded,
 timeout) between two samples can have peaked higher than its last sample; the number of worker pids seen is
@@ -93,7 +93,7 @@ class ChildPeaks:
                 stat = (entry / "stat").read_text()
                 if int(stat.rsplit(")", 1)[1].split()[1]) != self.parent:
                     continue
-                if b"mail2ticket.parse_guard" in (entry / "cmdline").read_bytes():
+                if b"mail2ticket.parse_worker" in (entry / "cmdline").read_bytes():
                     found.append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue

@@ -72,6 +72,52 @@ def test_guard_kills_a_parse_over_the_cpu_budget() -> None:
         guard.close()
 
 
+def _mail(number: int) -> bytes:
+    return HEAD.replace(b"Subject: Test", f"Subject: Antrag {number}".encode()) + f"\nText {number}\n".encode()
+
+
+def test_submitted_mails_are_answered_in_order_while_the_next_waits_in_the_pipe() -> None:
+    """Each collect answers the oldest submitted mail, although its successor was already sent to the worker."""
+    guard = ParseGuard(cpu_seconds=2)
+    try:
+        guard.submit(_mail(0), Limits(), envelope_from="x@example.org")
+        for number in range(1, 30):
+            guard.submit(_mail(number), Limits(), envelope_from="x@example.org")
+            assert guard.collect().parsed.subject == f"Antrag {number - 1}"
+        assert guard.collect().parsed.subject == "Antrag 29"
+        assert guard.restarts == 0
+    finally:
+        guard.close()
+
+
+def test_a_budget_breach_does_not_cost_the_mail_queued_behind_it() -> None:
+    """The mail over the CPU budget is quarantined; the one already sent behind it is parsed by the new worker."""
+    guard = ParseGuard(cpu_seconds=1)
+    try:
+        slow = HEAD + b"MIME-Version: 1.0\nContent-Type: text/plain" + b";" * 400_000 + b"\n\nx\n"
+        limits = Limits(max_header_bytes=1 << 20, max_line_length=1 << 20)
+        guard.submit(slow, limits, envelope_from=None)
+        guard.submit(_mail(1), limits, envelope_from=None)
+        with pytest.raises(Quarantine, match="budget exceeded"):
+            guard.collect()
+        assert guard.collect().parsed.subject == "Antrag 1"
+        assert guard.restarts == 1
+    finally:
+        guard.close()
+
+
+def test_discarded_answers_never_reach_a_later_mail() -> None:
+    """After a batch gives up its submitted mails, the next mail gets its own answer, not a stale one."""
+    guard = ParseGuard(cpu_seconds=2)
+    try:
+        guard.submit(_mail(1), Limits(), envelope_from=None)
+        guard.submit(_mail(2), Limits(), envelope_from=None)
+        guard.discard()
+        assert guard.analyse(_mail(3), Limits(), envelope_from=None).parsed.subject == "Antrag 3"
+    finally:
+        guard.close()
+
+
 @pytest.mark.parametrize(
     ("raw", "defect"),
     [

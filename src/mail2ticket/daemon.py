@@ -205,6 +205,7 @@ class Daemon:
             self.http = await start_http(host, port, {"/metrics": self.metrics_response,
                                                       "/healthz": self.health_response})
             log.info("http_listening", address=_bound(self.http))
+        self.processor.start_workers()  # spawned only; the first mail need not wait for their imports
         tasks = [asyncio.create_task(self._supervise(stage), name=stage.name) for stage in self.stages]
         self._apply_snapshot(await self._loop.run_in_executor(self.status_pool, self._take_snapshot))
         monitor = asyncio.create_task(self._monitor())

@@ -19,20 +19,26 @@ its soft RLIMIT_CPU to the CPU time used so far plus the budget. The wall-clock 
 catches a worker that hangs without using CPU. The worker is started once and reused, so the common case
 costs one pipe round trip and a pickle (about 0.3 ms per message; see bench/corpus_report.py).
 
-The protocol is length-prefixed frames over the worker's stdin/stdout: a job is a pickled `ParseJob` and then
-the raw bytes as a frame of their own (streamed from storage, never pickled); an answer is a pickle and then
-its out-of-band buffers (attachments of 64 KB and more, read straight into the objects the parent keeps).
-The worker answers with the fields of the mail, never the stdlib tree. Pickle is safe here: both ends are our
-own code, and the mail only ever appears as data inside objects we built.
+The protocol is length-prefixed frames over the worker's stdin/stdout (the worker's side: `parse_worker`): a
+job is a pickled `ParseJob` and then the raw bytes as a frame of their own (streamed from storage, never
+pickled); an answer is a pickle and then its out-of-band buffers (attachments of 64 KB and more, read straight
+into the objects the parent keeps). The worker answers with the fields of the mail, never the stdlib tree.
+Pickle is safe here: both ends are our own code, and the mail only ever appears as data inside objects we built.
+
+`analyse` is one round trip. `submit` and `collect` keep the worker busy from a stream of small mails: the next
+job already waits in the worker's pipe (widened to 1 MiB) while it parses one, and it is sent only when it fits
+there whole, so neither side ever blocks writing while the other blocks writing too. A breach replaces the
+worker, and the job queued behind the culprit goes to the new one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import collections
+import contextlib
+import fcntl
+import itertools
 import os
 import pickle
-import resource
 import select
 import signal
 import struct
@@ -55,8 +61,8 @@ from mail2ticket.text.body import with_body
 
 log = structlog.get_logger("mail2ticket.parse_guard")
 
-_HEADER = struct.Struct("!Q")
-_HELLO = b"m2t-parse-worker/1\n"
+HEADER = struct.Struct("!Q")
+HELLO = b"m2t-parse-worker/1\n"
 STARTUP_TIMEOUT = 60.0
 MIN_MEMORY_BYTES = 1 << 30
 
@@ -114,65 +120,152 @@ class ParseGuard:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._greeted = False  # the worker's hello was read: it is ready for jobs
+        self._pipe_bytes = 0  # what the pipe to the worker holds without a reader
+        self._pending: collections.deque[_Pending] = collections.deque()  # submitted, not yet collected
         self.restarts = 0
 
     def analyse(self, raw: bytes | RawLoader, limits: Limits, *, envelope_from: str | None,
                 envelope_to: Sequence[str] = (), noreply_patterns: Sequence[str] = ()) -> Analysed:
         """Parse and classify in the worker. Given a loader instead of bytes, the bytes are streamed to the worker
         piece by piece as they are read, so a 25 MB mail is never held whole in this process."""
-        job = ParseJob(limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
-        payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = self._payload(limits, envelope_from, envelope_to, noreply_patterns)
         with self._lock:
+            if self._pending:
+                raise RuntimeError("analyse() while submitted mails wait for collect()")
             proc = self._ensure_worker(limits)
-            kind, value = self._exchange(proc, payload, raw)
-        if kind == "ok":
-            assert isinstance(value, Analysed)
-            return value
-        raise Quarantine(str(value))
+            return _result(self._exchange(proc, payload, raw))
+
+    def submit(self, raw: bytes, limits: Limits, *, envelope_from: str | None, envelope_to: Sequence[str] = (),
+               noreply_patterns: Sequence[str] = ()) -> None:
+        """Queue a mail for `collect`, which answers in the order of submission.
+
+        While the worker parses one mail the next waits in its pipe (when it fits there whole), so the worker
+        never idles while this process, whose threads share one interpreter lock, gets round to reading an answer
+        and writing the next job. Errors show at `collect`.
+        """
+        payload = self._payload(limits, envelope_from, envelope_to, noreply_patterns)
+        with self._lock:
+            self._pending.append(_Pending(payload, raw, limits))
+            self._send_ahead()
+
+    def collect(self) -> Analysed:
+        """The analysis of the oldest submitted mail (raises like `analyse`)."""
+        with self._lock:
+            head = self._pending[0]
+            try:
+                if head.sent:  # sent ahead to the worker that is up now (a new worker gets it again, see below)
+                    assert self._proc is not None
+                    answer = self._exchange(self._proc, None, b"")
+                else:
+                    answer = self._exchange(self._ensure_worker(head.limits), head.payload, head.raw)
+            finally:
+                self._pending.popleft()
+            self._send_ahead()
+        return _result(answer)
+
+    def discard(self) -> None:
+        """Forget the submitted mails (their answers are read and dropped, or the worker is replaced)."""
+        with self._lock:
+            while self._pending:
+                if self._pending[0].sent and self._proc is not None:
+                    self._exchange(self._proc, None, b"")
+                self._pending.popleft()
+
+    def _payload(self, limits: Limits, envelope_from: str | None, envelope_to: Sequence[str],
+                 noreply_patterns: Sequence[str]) -> bytes:
+        job = ParseJob(limits, envelope_from, tuple(envelope_to), tuple(noreply_patterns), self.cpu_seconds)
+        return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _send_ahead(self) -> None:
+        """Send the oldest submitted mail, and the one after it if it fits in the pipe whole: writing that never
+        blocks, so this process is never stuck writing a job while the worker is stuck writing an answer."""
+        for index, pending in enumerate(itertools.islice(self._pending, 2)):
+            if pending.sent:
+                continue
+            try:
+                if index == 0:
+                    proc = self._ensure_worker(pending.limits)
+                elif self._proc is None or _frame_size(pending) > self._pipe_bytes:
+                    return  # sent when it is the oldest
+                else:
+                    proc = self._proc
+                assert proc.stdin is not None
+                _send(proc.stdin, pending.payload, len(pending.raw), (pending.raw,))
+            except (OSError, ParseWorkerUnavailable):
+                return  # `collect` tries again, and reports what stays wrong
+            pending.sent = True
 
     def close(self) -> None:
         with self._lock:
             self._stop_worker()
 
+    def start(self, limits: Limits, *, wait: bool = False) -> None:
+        """Start the worker now (its imports take ~0.2-0.6 s), so the first mail does not wait for them; `wait`:
+        until it is ready. A worker that fails to start is started again, or reported, when a mail needs it."""
+        with self._lock, contextlib.suppress(ParseWorkerUnavailable):
+            if self._proc is None:
+                self._spawn(limits)
+            if wait:
+                self._ensure_worker(limits)
+
     # --- worker management --------------------------------------------------------------------------------
 
     def _ensure_worker(self, limits: Limits) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
+            if not self._greeted:
+                self._await_hello(self._proc)
             return self._proc
         self._stop_worker()
+        proc = self._spawn(limits)
+        self._await_hello(proc)
+        return proc
+
+    def _spawn(self, limits: Limits) -> subprocess.Popen[bytes]:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mail2ticket.parse_guard", str(memory_budget(limits))],
+                [sys.executable, "-m", "mail2ticket.parse_worker", str(memory_budget(limits))],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
             )
         except OSError as exc:
             raise ParseWorkerUnavailable(f"cannot start the parse worker: {exc}") from exc
         self._proc = proc
+        self._greeted = False
         self._finalizer = weakref.finalize(self, _kill, proc)
+        assert proc.stdin is not None and proc.stdout is not None
+        self._pipe_bytes = _widen_pipe(proc.stdin)
+        _widen_pipe(proc.stdout)  # the worker writes an answer without waiting for this process to read it
+        return proc
+
+    def _await_hello(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         try:  # the worker says hello once its imports are done: a failure here is ours, not the mail's
-            hello = _read_exact(proc.stdout, len(_HELLO), time.monotonic() + STARTUP_TIMEOUT)
+            hello = _read_exact(proc.stdout, len(HELLO), time.monotonic() + STARTUP_TIMEOUT)
         except (TimeoutError, EOFError, OSError) as exc:
             self._stop_worker()
             raise ParseWorkerUnavailable(f"the parse worker did not start ({type(exc).__name__})") from exc
-        if hello != _HELLO:
+        if hello != HELLO:
             self._stop_worker()
             raise ParseWorkerUnavailable("the parse worker answered with garbage at startup")
-        return proc
+        self._greeted = True
 
     def _stop_worker(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
         self._proc = None
         self._finalizer = None
+        for pending in self._pending:
+            pending.sent = False  # lost with the worker (after a breach, the oldest is the culprit): sent again
 
-    def _exchange(self, proc: subprocess.Popen[bytes], payload: bytes,
+    def _exchange(self, proc: subprocess.Popen[bytes], payload: bytes | None,
                   raw: bytes | RawLoader) -> tuple[str, object]:
+        """Send a job (unless `payload` is None: it was sent ahead) and read its answer."""
         assert proc.stdin is not None and proc.stdout is not None
         deadline = time.monotonic() + 3 * self.cpu_seconds + 5
         try:
-            size, pieces = raw() if callable(raw) else (len(raw), (raw,))
-            _send(proc.stdin, payload, size, pieces)
+            if payload is not None:
+                size, pieces = raw() if callable(raw) else (len(raw), (raw,))
+                _send(proc.stdin, payload, size, pieces)
             answer = _receive(proc.stdout, deadline)
         except TimeoutError:
             self._breach("wall_clock")
@@ -202,8 +295,43 @@ class ParseGuard:
         return status
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A submitted mail: its job, its bytes (kept until its answer, to send them again to a new worker)."""
+
+    payload: bytes
+    raw: bytes
+    limits: Limits
+    sent: bool = False
+
+
+def _frame_size(pending: _Pending) -> int:
+    return 2 * HEADER.size + len(pending.payload) + len(pending.raw)
+
+
+PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: an unprivileged process may widen a pipe this far
+
+
+def _widen_pipe(stream: IO[bytes]) -> int:
+    """Widen a pipe to PIPE_BYTES where the system allows it; how much it holds now."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    try:
+        return int(fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ))
+    except OSError:
+        return 0  # unknown: nothing is sent ahead
+
+
+def _result(answer: tuple[str, object]) -> Analysed:
+    kind, value = answer
+    if kind == "ok":
+        assert isinstance(value, Analysed)
+        return value
+    raise Quarantine(str(value))
+
+
 def _send(stream: IO[bytes], payload: bytes, size: int, pieces: Iterable[bytes]) -> None:
-    stream.write(_HEADER.pack(len(payload)) + payload + _HEADER.pack(size))
+    stream.write(HEADER.pack(len(payload)) + payload + HEADER.pack(size))
     sent = 0
     for piece in pieces:
         stream.write(piece)
@@ -215,10 +343,10 @@ def _send(stream: IO[bytes], payload: bytes, size: int, pieces: Iterable[bytes])
 
 def _receive(stream: IO[bytes], deadline: float) -> Any:
     """An answer: its pickle, then the out-of-band buffers (attachment bytes) it refers to."""
-    size = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0]
+    size = HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0]
     data = _read_exact(stream, size, deadline)
-    count = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0]
-    buffers = [_read_exact(stream, _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))[0], deadline)
+    count = HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0]
+    buffers = [_read_exact(stream, HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0], deadline)
                for _ in range(count)]
     # The attachments become the very bytearrays just read: no second copy of a 25 MB file in this process.
     return pickle.loads(data, buffers=buffers)
@@ -255,85 +383,3 @@ def _read_exact(stream: IO[bytes], size: int, deadline: float) -> bytearray:
         done += count
     view.release()
     return buffer
-
-
-# --- the worker process ---------------------------------------------------------------------------------------
-
-
-def _cpu_used() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _run_job(job: ParseJob, raw: bytes) -> tuple[str, object]:
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = math.ceil(_cpu_used() + job.cpu_seconds)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-    try:
-        return "ok", analyse(job, raw)
-    except Quarantine as outcome:
-        if "out of memory" in outcome.reason:
-            return "recycle", "parse budget exceeded: out of memory"
-        return "quarantine", outcome.reason
-    except MemoryError:
-        return "recycle", "parse budget exceeded: out of memory"
-    except Exception as exc:  # noqa: BLE001 - classify/strip bugs must quarantine, never kill the worker
-        return "quarantine", f"unparseable: {type(exc).__name__}"
-
-
-OUT_OF_BAND_BYTES = 64 << 10  # attachments from this size travel as raw buffers, not inside the pickle
-
-
-def _out_of_band(answer: tuple[str, object]) -> tuple[str, object]:
-    kind, value = answer
-    if not isinstance(value, Analysed) or not any(len(a.data) >= OUT_OF_BAND_BYTES for a in value.parsed.attachments):
-        return answer
-    attachments = tuple(
-        dataclasses.replace(a, data=pickle.PickleBuffer(a.data)) if len(a.data) >= OUT_OF_BAND_BYTES else a  # type: ignore[arg-type]
-        for a in value.parsed.attachments)
-    return kind, Analysed(dataclasses.replace(value.parsed, attachments=attachments), value.classification)
-
-
-def _answer(stdout: IO[bytes], answer: tuple[str, object]) -> None:
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        data = pickle.dumps(_out_of_band(answer), protocol=5, buffer_callback=buffers.append)
-    except Exception as exc:  # noqa: BLE001 - e.g. a pathological object graph that cannot be pickled
-        buffers = []
-        data = pickle.dumps(("quarantine", f"unparseable: result not transferable ({type(exc).__name__})"))
-    stdout.write(_HEADER.pack(len(data)) + data + _HEADER.pack(len(buffers)))
-    for buffer in buffers:
-        with buffer.raw() as view:
-            stdout.write(_HEADER.pack(view.nbytes))
-            stdout.write(view)
-    stdout.flush()
-
-
-def worker_main(memory_bytes: int) -> int:
-    """Serve jobs from stdin until it closes; each answer is written before the next job is read."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGXCPU would otherwise dump a core with mail in it
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the parent; it decides
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    stdout.write(_HELLO)
-    stdout.flush()
-    while True:
-        head = stdin.read(_HEADER.size)
-        if len(head) < _HEADER.size:
-            return 0
-        job = pickle.loads(stdin.read(_HEADER.unpack(head)[0]))
-        raw = stdin.read(_HEADER.unpack(stdin.read(_HEADER.size))[0])
-        answer = _run_job(job, raw)
-        del raw  # before the answer is pickled: a 25 MB mail is not held twice
-        kind = answer[0]
-        _answer(stdout, answer)
-        del answer
-        if kind == "recycle":
-            return 0
-
-
-if __name__ == "__main__":
-    # Re-import under the real module name, so pickled classes are `mail2ticket.parse_guard.X`, not `__main__.X`.
-    from mail2ticket import parse_guard as _module  # noqa: PLW0406 - on purpose, see above
-
-    sys.exit(_module.worker_main(int(sys.argv[1])))

@@ -89,6 +89,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EX_NOINPUT
     runtime, services = open_services(config)
     processor = Processor(services, lambda: runtime)
+    processor.start_workers()  # their start-up overlaps the reading and storing of the first chunk
     envelope = Envelope(source="cli", rcpt_to=rcpt, archive=args.archive)
     counts: Counter[str] = Counter()
     tickets: set[str] = set()

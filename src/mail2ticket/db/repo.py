@@ -101,16 +101,6 @@ def inbound_rows(session: Session, ids: Sequence[int]) -> dict[int, InboundMessa
     return {row.id: row for row in session.scalars(select(InboundMessage).where(InboundMessage.id.in_(list(ids))))}
 
 
-def inbound_envelope(session: Session, inbound_id: int) -> tuple[str | None, list[str]] | None:
-    """Envelope sender and recipients of one stored message, or None if there is no such row."""
-    row = _INBOUND_ENVELOPE.first(session, {"inbound_id": inbound_id})
-    return None if row is None else (row[0], list(row[1] or ()))
-
-
-_INBOUND_ENVELOPE = Direct(select(InboundMessage.envelope_from, InboundMessage.envelope_to)
-                           .where(InboundMessage.id == bindparam("inbound_id")))
-
-
 def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | None:
     """Message `inbound_id`, row-locked, if it still waits for processing (state new); else None.
 

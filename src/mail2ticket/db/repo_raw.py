@@ -13,11 +13,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import cast
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, literal_column, select
+from sqlalchemy import ColumnElement, bindparam, case, func, insert, literal_column, select
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.direct import Direct
-from mail2ticket.db.models import AttachmentContent, RawMessage
+from mail2ticket.db.models import AttachmentContent, InboundMessage, RawMessage
 
 # Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
 STREAM_THRESHOLD = 1 << 20
@@ -62,6 +62,25 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
                 yield chunk
 
     return size, pieces()
+
+
+def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tuple[tuple[str | None, list[str]],
+                                                                           int | None, bytes | None]]:
+    """Envelope, raw size and (for messages smaller than `below`) the raw bytes of the stored messages `ids`, in one
+    query; an id without an intake row is left out, a size of None means the raw bytes are missing.
+
+    For the parse-ahead reader: one read per batch instead of a snapshot and three statements per message.
+    """
+    if not ids:
+        return {}
+    size = func.length(RawMessage.data)
+    rows = session.execute(
+        select(InboundMessage.id, InboundMessage.envelope_from, InboundMessage.envelope_to, size,
+               case((size < below, RawMessage.data)))
+        .outerjoin(RawMessage, RawMessage.inbound_id == InboundMessage.id)
+        .where(InboundMessage.id.in_(list(ids))))
+    return {row[0]: ((row[1], list(row[2] or ())), None if row[3] is None else int(row[3]),
+                     None if row[4] is None else bytes(row[4])) for row in rows}
 
 
 _RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")))

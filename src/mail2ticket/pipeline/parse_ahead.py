@@ -1,15 +1,18 @@
 """Parse ahead: helper threads feed claimed messages through the parse workers while processing stores.
 
 Parsing runs in parse worker processes (`parse_guard`), so it uses the other core while the processing thread
-writes the previous messages to the database. The helper threads only read (a read-only snapshot per message, no
-write lock) and wait on the workers' pipes, so they hardly compete for the GIL.
+writes the previous messages to the database. The helper threads only read (a read-only snapshot, no write lock)
+and wait on the workers' pipes, so they hardly compete for the GIL.
 
-One thread reads the next messages (envelope and, below PREFETCH_BYTES, the raw bytes) while the workers parse,
-so no worker sits idle while its next job is fetched. Larger messages are read piece by piece while they are
-sent and never held whole here. The messages are dealt to the workers in turn ("lanes", one thread each), and the
-results are handed out in the order of `ids` (a reply must be stored after the mail it answers). With two
-workers a slow parse (a 2 MB attachment) does not stall the stream: the other worker keeps parsing the messages
-behind it, and because parsing then outruns storing, a large mail is usually started well before it is needed.
+One thread reads the next messages (envelope and, below PREFETCH_BYTES, the raw bytes; READ_CHUNK of them in one
+query) while the workers parse, so no worker sits idle while its next job is fetched. Larger messages are read
+piece by piece while they are sent and never held whole here. The messages are dealt to the workers in turn
+("lanes", one thread each), and the results are handed out in the order of `ids` (a reply must be stored after
+the mail it answers). A lane submits its next small mail while the worker parses the one before, so the worker
+finds it in its pipe instead of waiting for the lane thread, which shares the interpreter lock with the
+processing thread, to read the answer and write the next job. With two workers a slow parse (a 2 MB attachment)
+does not stall the stream: the other worker keeps parsing the messages behind it, and because parsing then
+outruns storing, a large mail is usually started well before it is needed.
 
 At most `depth` results wait per lane, and a batch is bounded in bytes: a backlog of large mails cannot pile up
 in memory.
@@ -17,6 +20,7 @@ in memory.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -25,7 +29,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from mail2ticket.db import repo, repo_raw
+from mail2ticket.db import repo_raw
 from mail2ticket.db.engine import read_only
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits
@@ -33,6 +37,7 @@ from mail2ticket.parse_guard import Analysed, ParseGuard
 
 PREFETCH_BYTES = 1 << 20
 PREFETCH_DEPTH = 4  # small messages read ahead per lane: at most 4 MiB each
+READ_CHUNK = 8  # messages read in one query (at most 8 MiB more held while they wait for a lane)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,39 +123,76 @@ class ParseAhead:
 
     def _load_all(self) -> None:
         try:
-            for index, inbound_id in enumerate(self._ids):
-                if self._stop.is_set():
-                    return
-                _put(self._lanes[index % len(self._lanes)].jobs, self._load(inbound_id), self._stop)
+            for start in range(0, len(self._ids), READ_CHUNK):
+                chunk = self._ids[start:start + READ_CHUNK]
+                for offset, loaded in enumerate(self._load(chunk)):
+                    if self._stop.is_set():
+                        return
+                    _put(self._lanes[(start + offset) % len(self._lanes)].jobs, loaded, self._stop)
         finally:
             for lane in self._lanes:
                 _put(lane.jobs, None, self._stop)
 
-    def _load(self, inbound_id: int) -> _Loaded:
+    def _load(self, chunk: Sequence[int]) -> list[_Loaded]:
+        """The next messages, read in one snapshot (closed before they are handed on: no long read transaction)."""
         try:
             with read_only(self._factory) as session:
-                envelope = repo.inbound_envelope(session, inbound_id)
-                if envelope is None:
-                    return _Loaded(inbound_id)
-                size, pieces = repo_raw.read_raw(session, inbound_id)
-                if size >= PREFETCH_BYTES:
-                    return _Loaded(inbound_id, envelope)
-                return _Loaded(inbound_id, envelope, b"".join(pieces))
+                found = repo_raw.read_ahead(session, chunk, below=PREFETCH_BYTES)
         except Exception as exc:  # noqa: BLE001 - handed on, see _prepare
-            return _Loaded(inbound_id, error=exc)
+            return [_Loaded(inbound_id, error=exc) for inbound_id in chunk]
+        loaded = []
+        for inbound_id in chunk:
+            if (row := found.get(inbound_id)) is None:
+                loaded.append(_Loaded(inbound_id))
+                continue
+            envelope, size, raw = row
+            if size is None:
+                error = LookupError(f"raw bytes of inbound message {inbound_id} are missing")
+                loaded.append(_Loaded(inbound_id, error=error))
+            else:  # a large message (raw None) is read piece by piece while it is sent to the worker
+                loaded.append(_Loaded(inbound_id, envelope, raw))
+        return loaded
 
     def _run(self, lane: _Lane) -> None:
+        waiting: collections.deque[_Loaded] = collections.deque()  # in order; the small ones submitted to the worker
+        more = True
         try:
             while not self._stop.is_set():
-                try:
-                    loaded = lane.jobs.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if loaded is None:
+                # The next small mail is submitted while the worker parses the oldest, so it waits in the worker's
+                # pipe (`ParseGuard.submit`); a large one is streamed when it is the oldest, so none is taken past it.
+                if more and len(waiting) < 2 and not (waiting and _streamed(waiting[-1])):
+                    try:
+                        loaded = lane.jobs.get_nowait() if waiting else lane.jobs.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                    else:
+                        if loaded is None:
+                            more = False
+                        else:
+                            waiting.append(self._submit(lane.guard, loaded))
+                            continue
+                if waiting:
+                    _put(lane.results, self._prepare(lane.guard, waiting.popleft()), self._stop)
+                elif not more:
                     return
-                _put(lane.results, self._prepare(lane.guard, loaded), self._stop)
         finally:
-            _put(lane.results, None, self._stop)
+            try:
+                lane.guard.discard()  # a batch ended early: no answer of it may reach the next batch
+            finally:
+                _put(lane.results, None, self._stop)
+
+    def _submit(self, guard: ParseGuard, loaded: _Loaded) -> _Loaded:
+        """Hand a small mail to the worker now; the loaded mail, or what went wrong in its place."""
+        if loaded.error is not None or loaded.envelope is None or loaded.raw is None:
+            return loaded
+        try:
+            limits, cpu_seconds, noreply = self._limits()
+            guard.cpu_seconds = cpu_seconds
+            guard.submit(loaded.raw, limits, envelope_from=loaded.envelope[0], envelope_to=loaded.envelope[1],
+                         noreply_patterns=noreply)
+            return loaded
+        except Exception as exc:  # noqa: BLE001 - handed to the processing thread, which decides the outcome
+            return _Loaded(loaded.inbound_id, error=exc)
 
     def _prepare(self, guard: ParseGuard, loaded: _Loaded) -> Prepared:
         inbound_id = loaded.inbound_id
@@ -160,19 +202,22 @@ class ParseAhead:
             return Prepared(inbound_id, error=Quarantine("internal error: stored message missing"))
         envelope_from, envelope_to = loaded.envelope
         try:
+            if loaded.raw is not None:  # submitted (see _submit)
+                return Prepared(inbound_id, analysed=guard.collect())
             limits, cpu_seconds, noreply = self._limits()
             guard.cpu_seconds = cpu_seconds
-            if loaded.raw is not None:
-                analysed = guard.analyse(loaded.raw, limits, envelope_from=envelope_from,
-                                               envelope_to=envelope_to, noreply_patterns=noreply)
-            else:
-                with read_only(self._factory) as session:
-                    analysed = guard.analyse(lambda: repo_raw.read_raw(session, inbound_id), limits,
-                                                   envelope_from=envelope_from, envelope_to=envelope_to,
-                                                   noreply_patterns=noreply)
+            with read_only(self._factory) as session:
+                analysed = guard.analyse(lambda: repo_raw.read_raw(session, inbound_id), limits,
+                                         envelope_from=envelope_from, envelope_to=envelope_to,
+                                         noreply_patterns=noreply)
             return Prepared(inbound_id, analysed=analysed)
         except Exception as exc:  # noqa: BLE001 - handed to the processing thread, which decides the outcome
             return Prepared(inbound_id, error=exc)
+
+
+def _streamed(loaded: _Loaded) -> bool:
+    """A large mail: its bytes are read from the database while they are sent to the worker."""
+    return loaded.error is None and loaded.envelope is not None and loaded.raw is None
 
 
 def _put(into: queue.Queue[T], item: T, stop: threading.Event) -> None:

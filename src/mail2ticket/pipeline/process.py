@@ -105,6 +105,15 @@ class Processor:
         self._defects: list[str] | None = None
         self._kind: str | None = None
 
+    def start_workers(self, *, wait: bool = False) -> None:
+        """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
+        until they are ready."""
+        for guard in self.guards:
+            guard.start(self.runtime().limits)
+        if wait:
+            for guard in self.guards:
+                guard.start(self.runtime().limits, wait=True)
+
     def close(self) -> None:
         """Stop the parse workers (they also exit on their own when this process ends)."""
         for guard in self.guards:
