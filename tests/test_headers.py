@@ -283,6 +283,20 @@ def test_clean_text_is_single_safe_line(raw: str, max_len: int) -> None:
     assert clean_text(out, max_len=max_len) == out
 
 
+def _clean_text_char_by_char(raw: str) -> str:
+    """clean_text's rule applied to every character, as it was written before its fast path for printable text."""
+    kept = [" " if ch in "\r\n\t" or ch.isspace() else ch for ch in raw
+            if ch.isspace() or unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Zl", "Zp"}]
+    return unicodedata.normalize("NFC", " ".join("".join(kept).split()))
+
+
+@settings(deadline=None, max_examples=500)
+@given(raw=st.one_of(nasty_text, st.text(), st.text(st.characters(categories=["L", "M", "N", "P", "S", "Zs"]))))
+def test_clean_text_fast_path_keeps_the_rule(raw: str) -> None:
+    """Printable names and subjects come out exactly as the character-by-character rule makes them."""
+    assert clean_text(raw, max_len=10_000) == _clean_text_char_by_char(raw)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Addresses
 

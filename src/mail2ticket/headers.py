@@ -259,14 +259,19 @@ def _address_line(name: str, display_name: str | None, addr: str) -> str:
 # each ticket's reply address; most non-ASCII names take the encoded-word path above). The folder's choices for the
 # address part depend only on its length and token structure (dots, "@", atext) as long as "<address>" fits on a
 # line of its own, so the checked line of one address, split around "<address>", is the checked line of every
-# address of the same shape with that display name. A line built from a template is still parsed back and compared
-# like every checked line (_check_wire_line), so a wrong template could only cost the checked path, never change a
-# mail's meaning; tests compare the bytes with the checked path. Keyed by (header, display name, shape:
-# "xxxx.xx@xxxx.xxxxx").
+# address of the same shape with that display name; tests compare the bytes with the checked path. Keyed by (header,
+# display name, shape: "xxxx.xx@xxxx.xxxxx"). A line built from a template is parsed back and compared like every
+# checked line (_check_wire_line), so a wrong template could only cost the checked path, never change a mail's
+# meaning; except where both addresses are plain (_PLAIN_SPEC_RE: letters, digits, "+", "_", "-" between the dots
+# and the "@"). The parser reads every such character alike (no specials, no "=?" of an encoded word), so it reads
+# the new line as it read the checked one, with the new address in the old one's place: the parse-back, a third of
+# the cost of a citizen's acknowledgement, proves nothing more there.
 _MAX_TEMPLATE_ADDR = _MAX_LINE - 3  # " <" ... ">" on a continuation line
 _SHAPE_RE = re.compile(r"[^.@]")
 _MAX_TEMPLATES = 256
-_TEMPLATES: dict[tuple[str, str | None, str], tuple[str, str]] = {}
+_PLAIN_SPEC_RE = re.compile(r"[A-Za-z0-9+_-]+(?:\.[A-Za-z0-9+_-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+# (the line before "<address>", the line after it, whether the address it was checked with is plain)
+_TEMPLATES: dict[tuple[str, str | None, str], tuple[str, str, bool]] = {}
 
 
 def _remember_template(key: tuple[str, str | None, str], line: str, spec: str) -> None:
@@ -276,11 +281,13 @@ def _remember_template(key: tuple[str, str | None, str], line: str, spec: str) -
     if len(_TEMPLATES) >= _MAX_TEMPLATES:
         _TEMPLATES.clear()  # citizens' names come and go; the queues' names come back at once
     before, _, after = line.partition(marker)
-    _TEMPLATES[key] = (before, after)
+    _TEMPLATES[key] = (before, after, _PLAIN_SPEC_RE.fullmatch(spec) is not None)
 
 
-def _line_from_template(name: str, phrase: str, spec: str, template: tuple[str, str]) -> str | None:
+def _line_from_template(name: str, phrase: str, spec: str, template: tuple[str, str, bool]) -> str | None:
     line = f"{template[0]}<{spec}>{template[1]}"
+    if template[2] and _PLAIN_SPEC_RE.fullmatch(spec):
+        return line  # read like the checked line (see above); same length, so folded the same
     meaning = [(None, [("".join(defang_encoded_words(phrase).split()), spec)])]
     try:
         _check_wire_line(name, line, meaning)
