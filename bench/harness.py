@@ -238,6 +238,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process, its live descendants (the daemon's parse workers) and its reaped children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK  # utime, stime, cutime, cstime
+    return own + sum(tree_cpu_seconds(child) for child in children)
+
+
 def start_sink(mode: str, workdir: Path, *, db: Path | None = None) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Start `bench.sink` in its own process; returns (process, port, record file)."""
     record = workdir / f"sink-{mode}-{uuid.uuid4().hex[:6]}.tsv"
