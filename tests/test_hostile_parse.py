@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -102,6 +103,25 @@ def test_a_budget_breach_does_not_cost_the_mail_queued_behind_it() -> None:
             guard.collect()
         assert guard.collect().parsed.subject == "Antrag 1"
         assert guard.restarts == 1
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError, OSError])
+def test_a_read_that_fails_halfway_leaves_no_half_sent_mail_for_the_next(error: type[Exception]) -> None:
+    """Storage failing while a large mail streams to the worker: the storage error surfaces (no parse verdict is made
+    up for the mail), and the next mail is parsed as itself, not as the rest of the half-sent one."""
+    def failing_loader() -> tuple[int, Iterator[bytes]]:
+        def pieces() -> Iterator[bytes]:
+            yield HEAD + b"\n"
+            raise error("disk I/O error")
+        return 10_000, pieces()
+
+    guard = ParseGuard(cpu_seconds=2)
+    try:
+        with pytest.raises(error, match="disk I/O"):
+            guard.analyse(failing_loader, Limits(), envelope_from=None)
+        assert guard.analyse(_mail(4), Limits(), envelope_from=None).parsed.subject == "Antrag 4"
     finally:
         guard.close()
 

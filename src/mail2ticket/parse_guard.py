@@ -167,10 +167,13 @@ class ParseGuard:
     def discard(self) -> None:
         """Forget the submitted mails (their answers are read and dropped, or the worker is replaced)."""
         with self._lock:
-            while self._pending:
-                if self._pending[0].sent and self._proc is not None:
-                    self._exchange(self._proc, None, b"")
-                self._pending.popleft()
+            try:
+                while self._pending:
+                    if self._pending[0].sent and self._proc is not None:
+                        self._exchange(self._proc, None, b"")
+                    self._pending.popleft()
+            finally:
+                self._pending.clear()
 
     def _payload(self, limits: Limits, envelope_from: str | None, envelope_to: Sequence[str],
                  noreply_patterns: Sequence[str]) -> bytes:
@@ -262,19 +265,29 @@ class ParseGuard:
         """Send a job (unless `payload` is None: it was sent ahead) and read its answer."""
         assert proc.stdin is not None and proc.stdout is not None
         deadline = time.monotonic() + 3 * self.cpu_seconds + 5
+        size, pieces = (raw() if callable(raw) else (len(raw), (raw,))) if payload is not None else (0, ())
         try:
             if payload is not None:
-                size, pieces = raw() if callable(raw) else (len(raw), (raw,))
                 _send(proc.stdin, payload, size, pieces)
             answer = _receive(proc.stdout, deadline)
         except TimeoutError:
             self._breach("wall_clock")
             return "quarantine", f"parse budget exceeded: no result within {3 * self.cpu_seconds + 5:.0f} s"
+        except _ReadFailed as failed:
+            # Storage failed while the mail streamed: the caller sees its error (tried again later), and the worker,
+            # which waits for the rest of the mail, is replaced, so it cannot read the next job as that rest.
+            self._breach("read_failed")
+            cause = failed.__cause__
+            assert cause is not None
+            raise cause from None
         except (OSError, EOFError, struct.error, pickle.UnpicklingError) as exc:
             status = self._breach("worker_died")
             if status in (-signal.SIGXCPU, -signal.SIGKILL):
                 return "quarantine", f"parse budget exceeded: more than {self.cpu_seconds:g} s of CPU time"
             return "quarantine", f"unparseable: the parse worker died ({type(exc).__name__}, exit status {status})"
+        except BaseException:
+            self._breach("interrupted")  # half a job or half an answer is in a pipe: no later mail may meet it
+            raise
         kind, value = answer
         if kind == "recycle":  # the worker hit its memory cap: its heap is suspect, start a fresh one
             self._breach("memory")
@@ -330,10 +343,21 @@ def _result(answer: tuple[str, object]) -> Analysed:
     raise Quarantine(str(value))
 
 
+class _ReadFailed(Exception):
+    """Reading a mail from storage failed while it was sent to the worker (the storage error is the cause)."""
+
+
 def _send(stream: IO[bytes], payload: bytes, size: int, pieces: Iterable[bytes]) -> None:
     stream.write(HEADER.pack(len(payload)) + payload + HEADER.pack(size))
     sent = 0
-    for piece in pieces:
+    iterator = iter(pieces)
+    while True:
+        try:
+            piece = next(iterator)
+        except StopIteration:
+            break
+        except Exception as exc:
+            raise _ReadFailed from exc
         stream.write(piece)
         sent += len(piece)
     if sent != size:  # the worker would wait for the rest forever (or read our next job as mail)
