@@ -19,11 +19,12 @@ its soft RLIMIT_CPU to the CPU time used so far plus the budget. The wall-clock 
 catches a worker that hangs without using CPU. The worker is started once and reused, so the common case
 costs one pipe round trip and a pickle (about 0.3 ms per message; see bench/corpus_report.py).
 
-The protocol is length-prefixed frames over the worker's stdin/stdout (the worker's side: `parse_worker`): a
-job is a pickled `ParseJob` and then the raw bytes as a frame of their own (streamed from storage, never
-pickled); an answer is a pickle and then its out-of-band buffers (attachments of 64 KB and more, read straight
-into the objects the parent keeps). The worker answers with the fields of the mail, never the stdlib tree.
-Pickle is safe here: both ends are our own code, and the mail only ever appears as data inside objects we built.
+The protocol is length-prefixed frames (`_parse_frames`) over the worker's stdin/stdout (its side:
+`parse_worker`): a job is a pickled `ParseJob` and then the raw bytes as a frame of their own (streamed from
+storage, never pickled); an answer is a pickle and then its out-of-band buffers (attachments of 64 KB and more,
+read straight into the objects the parent keeps). The worker answers with the fields of the mail, never the
+stdlib tree. Pickle is safe here: both ends are our own code, and the mail only ever appears as data inside
+objects we built.
 
 `analyse` is one round trip. `submit` and `collect` keep the worker busy from a stream of small mails: the next
 job already waits in the worker's pipe (widened to 1 MiB) while it parses one, and it is sent only when it fits
@@ -35,11 +36,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import itertools
-import os
 import pickle
-import select
 import signal
 import struct
 import subprocess
@@ -49,10 +47,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import structlog
 
+from mail2ticket import _parse_frames as frames
 from mail2ticket.classify import Classification, classify
 from mail2ticket.headers import strip_control_headers
 from mail2ticket.outcomes import Quarantine
@@ -61,8 +60,6 @@ from mail2ticket.text.body import with_body
 
 log = structlog.get_logger("mail2ticket.parse_guard")
 
-HEADER = struct.Struct("!Q")
-HELLO = b"m2t-parse-worker/1\n"
 STARTUP_TIMEOUT = 60.0
 MIN_MEMORY_BYTES = 1 << 30
 
@@ -194,7 +191,7 @@ class ParseGuard:
                 else:
                     proc = self._proc
                 assert proc.stdin is not None
-                _send(proc.stdin, pending.payload, len(pending.raw), (pending.raw,))
+                frames.send_job(proc.stdin, pending.payload, len(pending.raw), (pending.raw,))
             except (OSError, ParseWorkerUnavailable):
                 return  # `collect` tries again, and reports what stays wrong
             pending.sent = True
@@ -236,18 +233,18 @@ class ParseGuard:
         self._greeted = False
         self._finalizer = weakref.finalize(self, _kill, proc)
         assert proc.stdin is not None and proc.stdout is not None
-        self._pipe_bytes = _widen_pipe(proc.stdin)
-        _widen_pipe(proc.stdout)  # the worker writes an answer without waiting for this process to read it
+        self._pipe_bytes = frames.widen_pipe(proc.stdin)
+        frames.widen_pipe(proc.stdout)  # the worker writes an answer without waiting for this process to read it
         return proc
 
     def _await_hello(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
         try:  # the worker says hello once its imports are done: a failure here is ours, not the mail's
-            hello = _read_exact(proc.stdout, len(HELLO), time.monotonic() + STARTUP_TIMEOUT)
+            hello = frames.read_exact(proc.stdout, len(frames.HELLO), time.monotonic() + STARTUP_TIMEOUT)
         except (TimeoutError, EOFError, OSError) as exc:
             self._stop_worker()
             raise ParseWorkerUnavailable(f"the parse worker did not start ({type(exc).__name__})") from exc
-        if hello != HELLO:
+        if hello != frames.HELLO:
             self._stop_worker()
             raise ParseWorkerUnavailable("the parse worker answered with garbage at startup")
         self._greeted = True
@@ -268,12 +265,12 @@ class ParseGuard:
         size, pieces = (raw() if callable(raw) else (len(raw), (raw,))) if payload is not None else (0, ())
         try:
             if payload is not None:
-                _send(proc.stdin, payload, size, pieces)
-            answer = _receive(proc.stdout, deadline)
+                frames.send_job(proc.stdin, payload, size, pieces)
+            answer = frames.receive_answer(proc.stdout, deadline)
         except TimeoutError:
             self._breach("wall_clock")
             return "quarantine", f"parse budget exceeded: no result within {3 * self.cpu_seconds + 5:.0f} s"
-        except _ReadFailed as failed:
+        except frames.ReadFailed as failed:
             # Storage failed while the mail streamed: the caller sees its error (tried again later), and the worker,
             # which waits for the rest of the mail, is replaced, so it cannot read the next job as that rest.
             self._breach("read_failed")
@@ -319,20 +316,7 @@ class _Pending:
 
 
 def _frame_size(pending: _Pending) -> int:
-    return 2 * HEADER.size + len(pending.payload) + len(pending.raw)
-
-
-PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: an unprivileged process may widen a pipe this far
-
-
-def _widen_pipe(stream: IO[bytes]) -> int:
-    """Widen a pipe to PIPE_BYTES where the system allows it; how much it holds now."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    try:
-        return int(fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ))
-    except OSError:
-        return 0  # unknown: nothing is sent ahead
+    return 2 * frames.HEADER.size + len(pending.payload) + len(pending.raw)
 
 
 def _result(answer: tuple[str, object]) -> Analysed:
@@ -341,39 +325,6 @@ def _result(answer: tuple[str, object]) -> Analysed:
         assert isinstance(value, Analysed)
         return value
     raise Quarantine(str(value))
-
-
-class _ReadFailed(Exception):
-    """Reading a mail from storage failed while it was sent to the worker (the storage error is the cause)."""
-
-
-def _send(stream: IO[bytes], payload: bytes, size: int, pieces: Iterable[bytes]) -> None:
-    stream.write(HEADER.pack(len(payload)) + payload + HEADER.pack(size))
-    sent = 0
-    iterator = iter(pieces)
-    while True:
-        try:
-            piece = next(iterator)
-        except StopIteration:
-            break
-        except Exception as exc:
-            raise _ReadFailed from exc
-        stream.write(piece)
-        sent += len(piece)
-    if sent != size:  # the worker would wait for the rest forever (or read our next job as mail)
-        raise OSError(f"raw message changed while it was read: {sent} of {size} bytes")
-    stream.flush()
-
-
-def _receive(stream: IO[bytes], deadline: float) -> Any:
-    """An answer: its pickle, then the out-of-band buffers (attachment bytes) it refers to."""
-    size = HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0]
-    data = _read_exact(stream, size, deadline)
-    count = HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0]
-    buffers = [_read_exact(stream, HEADER.unpack(_read_exact(stream, HEADER.size, deadline))[0], deadline)
-               for _ in range(count)]
-    # The attachments become the very bytearrays just read: no second copy of a 25 MB file in this process.
-    return pickle.loads(data, buffers=buffers)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -388,22 +339,3 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _read_exact(stream: IO[bytes], size: int, deadline: float) -> bytearray:
-    """Exactly `size` bytes, read straight into one buffer (no list of chunks joined into a second copy)."""
-    fd = stream.fileno()
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    done = 0
-    while done < size:
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            raise TimeoutError
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        count = os.readv(fd, [view[done : done + (1 << 20)]])
-        if not count:
-            raise EOFError("parse worker closed its pipe")
-        done += count
-    view.release()
-    return buffer

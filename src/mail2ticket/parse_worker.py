@@ -18,7 +18,8 @@ import sys
 from typing import IO
 
 from mail2ticket.outcomes import Quarantine
-from mail2ticket.parse_guard import HEADER, HELLO, Analysed, ParseJob, analyse
+from mail2ticket._parse_frames import HEADER, HELLO
+from mail2ticket.parse_guard import Analysed, ParseJob, analyse
 
 
 def _cpu_used() -> float:
