@@ -9,11 +9,13 @@ needs one buffer), take the ordinary bound-parameter path.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import cast
 
 from sqlalchemy import ColumnElement, bindparam, case, func, insert, literal_column, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.direct import Direct
@@ -57,7 +59,8 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     dbapi = _dbapi(session)
 
     def pieces() -> Iterator[bytes]:
-        with dbapi.blobopen(RawMessage.__tablename__, "data", rowid, readonly=True) as blob:
+        with _blob_errors(f"read {RawMessage.__tablename__}.data rowid {rowid}"), \
+                dbapi.blobopen(RawMessage.__tablename__, "data", rowid, readonly=True) as blob:
             while chunk := blob.read(piece):
                 yield chunk
 
@@ -122,9 +125,20 @@ def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentCo
     rowid = session.scalar(select(literal_column("rowid")).select_from(table).where(where))
     if rowid is None:
         raise RuntimeError(f"{table.__tablename__} row vanished inside its own transaction")
-    with _dbapi(session).blobopen(table.__tablename__, "data", int(rowid)) as blob:
+    with _blob_errors(f"write {table.__tablename__}.data rowid {rowid}"), \
+            _dbapi(session).blobopen(table.__tablename__, "data", int(rowid)) as blob:
         for piece in pieces:
             blob.write(piece)
+
+
+@contextlib.contextmanager
+def _blob_errors(operation: str) -> Iterator[None]:
+    """sqlite3's errors of blob I/O as SQLAlchemy's, as every statement raises them: callers tell a transient
+    fault (OperationalError: a disk or lock error, tried again later) from a bug by the same exception types."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(f"blob {operation}", None, exc, sqlite3.Error) from exc
 
 
 def _dbapi(session: Session) -> sqlite3.Connection:
