@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Engine, String, cast, delete, exists, func
 from sqlalchemy.orm import Session
 
 from mail2ticket.config import Config
+from mail2ticket.db.wal_checkpoint import truncate_wal
 from mail2ticket.db.models import (
     Article,
     Attachment,
@@ -283,7 +284,7 @@ def compact(engine: Engine) -> None:
         if engine.dialect.name == "sqlite":
             cur = raw.cursor()
             cur.execute("VACUUM")
-            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            truncate_wal(cur)
             cur.close()
         else:
             driver = raw.driver_connection

@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config import Config, reply_secret
 from mail2ticket.db.engine import make_engine, make_sessionmaker
+from mail2ticket.db.wal_checkpoint import WalCheckpointer
 from mail2ticket.outbox.render import Renderer
 from mail2ticket.parse import Limits
 from mail2ticket.rules import Router
@@ -70,19 +72,33 @@ class Services:
     factory: sessionmaker[Session]
     instance_id: str
     clock: Callable[[], dt.datetime] = utc_now
+    checkpointer: WalCheckpointer | None = None  # SQLite: WAL checkpoints off the commit path
 
     def __post_init__(self) -> None:
         # A caller that forgets close() must not leave pooled PostgreSQL sessions (and, for the daemon,
         # their row locks) to the garbage collector: dispose of the pool when this object goes away.
-        self._dispose = weakref.finalize(self, self.engine.dispose)
+        self._dispose = weakref.finalize(self, _close, self.engine, self.checkpointer)
 
     @classmethod
     def build(cls, config: Config) -> Services:
-        engine = make_engine(config.daemon.database_url, pool_size=config.daemon.worker_threads + 2)
-        return cls(engine=engine, factory=make_sessionmaker(engine), instance_id=instance_id())
+        url = config.daemon.database_url
+        database = make_url(url).database if url.startswith("sqlite") else None
+        sqlite = database not in (None, "", ":memory:")
+        engine = make_engine(url, pool_size=config.daemon.worker_threads + 2, background_checkpoints=sqlite)
+        checkpointer = WalCheckpointer(engine) if sqlite else None
+        if checkpointer is not None:
+            checkpointer.start()
+        return cls(engine=engine, factory=make_sessionmaker(engine), instance_id=instance_id(),
+                   checkpointer=checkpointer)
 
     def close(self) -> None:
         self._dispose()
+
+
+def _close(engine: Engine, checkpointer: WalCheckpointer | None) -> None:
+    if checkpointer is not None:
+        checkpointer.stop()
+    engine.dispose()
 
 
 def instance_id() -> str:
