@@ -32,6 +32,7 @@ from mail2ticket.config import ConfigError
 from mail2ticket.config.load import config_path, load_config
 from mail2ticket.db.engine import DurabilityError
 from mail2ticket.db.schema import SchemaOutdated
+from mail2ticket.db.wal_checkpoint import WalNotTruncated
 
 COMMAND_MODULES = [run_cmd, check_cmd, db_cmd, ingest_cmd, import_cmd, rules_cmd, tickets_cmd, quarantine_cmd,
                    outbox_cmd, stats_cmd, purge_cmd, person_cmd]
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"mail2ticket: {exc}", file=sys.stderr)
         return exc.code
+    except WalNotTruncated as exc:  # the erase is committed; only the compaction has to be done again
+        print(f"mail2ticket: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks for users

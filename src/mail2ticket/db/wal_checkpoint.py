@@ -5,9 +5,9 @@ pages, so every ~4 MB of writes one commit also copies them and fsyncs the datab
 waits for it: a relay for its 250, or a processing run holding the write lock that the relay's intake commit
 waits for. Measured on a processing drain: commits took 10-25 ms, the checkpointing ones 150-250 ms.
 
-`WalCheckpointer` runs PASSIVE checkpoints on its own connection, woken by commits and at most every
-`min_interval` seconds. PASSIVE never waits for readers or writers and never blocks them, so a commit only
-appends to the WAL. A commit still checkpoints itself when the WAL passes BACKSTOP_PAGES (set on the
+`WalCheckpointer` runs PASSIVE checkpoints on its own connection, `min_interval` seconds after a commit woke
+it (SQLAlchemy's "commit" event comes just before the COMMIT), and once more FOLLOW_UP_SECONDS later.
+PASSIVE never waits for readers or writers and never blocks them, so a commit only appends to the WAL. A commit still checkpoints itself when the WAL passes BACKSTOP_PAGES (set on the
 process's connections by `make_engine(..., background_checkpoints=True)`): should the thread fall behind, or
 writers never leave it a moment to finish, the WAL stays bounded as before, only at a larger size.
 """
@@ -26,6 +26,7 @@ log = structlog.get_logger("mail2ticket.db")
 
 BACKSTOP_PAGES = 8192  # 32 MiB of 4 KiB pages
 MIN_INTERVAL_SECONDS = 0.5
+FOLLOW_UP_SECONDS = 10.0
 TRUNCATE_SECONDS = 30.0
 
 
@@ -61,6 +62,7 @@ class WalCheckpointer:
         self.path = path
         self.min_interval = min_interval
         self.checkpoints = 0  # completed PASSIVE checkpoints (for tests and curiosity)
+        self._failing = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
@@ -85,25 +87,53 @@ class WalCheckpointer:
         self._wake.set()
 
     def _run(self) -> None:
-        # Autocommit (no transaction of its own, which would pin a snapshot), and no busy wait: PASSIVE takes
-        # what it can get and the next commit brings it back.
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        failing = False
+        connection: sqlite3.Connection | None = None
+        follow_up = False
         try:
             while True:
-                self._wake.wait()
-                if self._stop.is_set():
+                woken = self._wake.wait(timeout=FOLLOW_UP_SECONDS if follow_up else None)
+                # The "commit" event fires before the COMMIT itself: let it land first.
+                if self._stop.wait(self.min_interval):
                     return
                 self._wake.clear()
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error as exc:
-                    if not failing:  # once per spell of failures, not once per commit
-                        log.warning("wal_checkpoint_failed", error=str(exc))
-                    failing = True
-                else:
-                    failing = False
-                    self.checkpoints += 1
-                self._stop.wait(self.min_interval)
+                connection = connection or self._connect()
+                behind = connection is None or self._checkpoint(connection)
+                # Once more a while later: for frames a reader's snapshot held back, or a commit slower than
+                # min_interval; then idle until the next commit.
+                follow_up = woken or behind
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        """Its own connection, opened once the database is in WAL mode (one opened before sees no WAL)."""
+        try:  # autocommit: no transaction of its own, which would pin a snapshot
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                # Whether the database file is synced before the WAL is reused is this connection's setting.
+                connection.execute("PRAGMA synchronous=FULL")
+                return connection
+        except sqlite3.Error as exc:
+            self._failed(exc)
+        connection.close()
+        return None
+
+    def _checkpoint(self, connection: sqlite3.Connection) -> bool:
+        """One PASSIVE checkpoint; whether frames were left in the WAL (or it failed)."""
+        try:
+            _, log_frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return True
+        self._failing = False
+        self.checkpoints += 1
+        return bool(log_frames > copied)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if not self._failing:  # once per spell of failures, not once per commit
+            log.warning("wal_checkpoint_failed", error=str(exc), note="commits checkpoint at the backstop")
+        self._failing = True
