@@ -15,7 +15,10 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -30,15 +33,50 @@ from mail2ticket.cli.common import (
     print_json,
 )
 from mail2ticket.cli.ingest_cmd import looks_like_mail
+from mail2ticket.handoff import produced_ahead
 from mail2ticket.ingress.files import InputError, RawInput, count_inputs, iter_inputs
 from mail2ticket.intake import Envelope, Prepared, prepare, store_many
 from mail2ticket.pipeline.process import Processor, Result
 from mail2ticket.progress import Progress
 
 
-# Messages stored per transaction and then processed as one batch; bounded in bytes as well (memory).
+# Messages read and stored ahead, then processed as one batch; bounded in bytes as well (memory).
 CHUNK_MESSAGES = 256
 CHUNK_BYTES = 32 << 20
+# Messages per intake transaction: short, so processing, which runs at the same time, seldom waits for the lock.
+STORE_MESSAGES = 64
+
+@dataclass
+class _Reading:
+    """What the reading side counts (the processing side counts its results itself)."""
+
+    messages: int = 0
+    not_mail: int = 0
+    stored: int = 0
+    duplicates: int = 0
+
+
+def _stored_chunks(factory: sessionmaker[Session], paths: list[str], envelope: Envelope, bar: Progress,
+                   reading: _Reading) -> Iterator[list[int]]:
+    """Read, prepare and store the inputs chunk by chunk; the intake ids of each chunk (duplicates included)."""
+    for chunk in _chunks(iter_inputs(paths)):
+        prepared: list[Prepared] = []
+        for item in chunk:
+            bar.advance()
+            reading.messages += 1
+            if not looks_like_mail(item.data):
+                print(f"\nmail2ticket import: {item.origin}: not an email message, skipped", file=sys.stderr)
+                reading.not_mail += 1
+                continue
+            prepared.append(prepare(item.data, envelope))
+        del chunk
+        stored = [result for start in range(0, len(prepared), STORE_MESSAGES)
+                  for result in store_many(factory, prepared[start:start + STORE_MESSAGES])]
+        del prepared
+        reading.duplicates += sum(s.duplicate for s in stored)
+        reading.stored += sum(not s.duplicate for s in stored)
+        if stored:
+            yield [s.inbound_id for s in stored]
 
 
 def _chunks(items: Iterable[RawInput]) -> Iterator[list[RawInput]]:
@@ -91,31 +129,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     processor = Processor(services, lambda: runtime)
     processor.start_workers()  # their start-up overlaps the reading and storing of the first chunk
     envelope = Envelope(source="cli", rcpt_to=rcpt, archive=args.archive)
+    reading = _Reading()
     counts: Counter[str] = Counter()
     tickets: set[str] = set()
-    code = EX_OK
     try:
         with Progress(total, "importing") as bar:
-            for chunk in _chunks(iter_inputs(args.paths)):
-                prepared: list[Prepared] = []
-                for item in chunk:
-                    bar.advance()
-                    counts["messages"] += 1
-                    if not looks_like_mail(item.data):
-                        print(f"\nmail2ticket import: {item.origin}: not an email message, skipped", file=sys.stderr)
-                        counts["not_mail"] += 1
-                        code = EX_DATAERR
-                        continue
-                    prepared.append(prepare(item.data, envelope))
-                del chunk
-                stored = store_many(services.factory, prepared)
-                del prepared
-                counts["duplicates"] += sum(s.duplicate for s in stored)
-                counts["stored"] += sum(not s.duplicate for s in stored)
-                if args.queue_only or not stored:
-                    continue
+            chunks = _stored_chunks(services.factory, args.paths, envelope, bar, reading)
+            for ids in chunks if args.queue_only else produced_ahead(chunks, name="import-read"):
+                if args.queue_only:
+                    continue  # stored only: the running daemon processes them
                 # Duplicates may still be waiting (an earlier run was interrupted): the batch skips done rows.
-                for result in _process_all(processor, [s.inbound_id for s in stored]):
+                for result in _process_all(processor, ids):
                     counts[result.state.value] += 1
                     if result.ticket_number:
                         tickets.add(result.ticket_number)
@@ -130,9 +154,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         processor.close()
         services.close()
     summary: dict[str, Any] = {
-        "messages": counts["messages"], "stored": counts["stored"], "duplicates": counts["duplicates"],
+        "messages": reading.messages, "stored": reading.stored, "duplicates": reading.duplicates,
         "processed": counts["done"], "ignored": counts["ignored"], "quarantined": counts["quarantined"],
-        "deferred": counts["new"], "not_mail": counts["not_mail"], "tickets_touched": len(tickets),
+        "deferred": counts["new"], "not_mail": reading.not_mail, "tickets_touched": len(tickets),
         "archive": args.archive,
     }
     if args.json:
@@ -141,4 +165,4 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"{summary['messages']} message(s): {summary['stored']} new, {summary['duplicates']} already known; "
               f"{summary['processed']} into tickets ({summary['tickets_touched']} tickets), "
               f"{summary['ignored']} ignored, {summary['quarantined']} quarantined")
-    return code
+    return EX_DATAERR if reading.not_mail else EX_OK

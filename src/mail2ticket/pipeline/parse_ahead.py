@@ -27,12 +27,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.db import repo_raw
 from mail2ticket.db.engine import read_only
+from mail2ticket.handoff import put_unless_stopped
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits
 from mail2ticket.parse_guard import Analysed, ParseGuard
@@ -66,7 +66,6 @@ class NotReady:
 
 
 NOT_READY = NotReady()
-T = TypeVar("T")
 
 
 class _Lane:
@@ -130,10 +129,10 @@ class ParseAhead:
                 for offset, loaded in enumerate(self._load(chunk)):
                     if self._stop.is_set():
                         return
-                    _put(self._lanes[(start + offset) % len(self._lanes)].jobs, loaded, self._stop)
+                    put_unless_stopped(self._lanes[(start + offset) % len(self._lanes)].jobs, loaded, self._stop)
         finally:
             for lane in self._lanes:
-                _put(lane.jobs, None, self._stop)
+                put_unless_stopped(lane.jobs, None, self._stop)
 
     def _load(self, chunk: Sequence[int]) -> list[_Loaded]:
         """The next messages, read in one snapshot (closed before they are handed on: no long read transaction)."""
@@ -174,14 +173,14 @@ class ParseAhead:
                             waiting.append(self._submit(lane.guard, loaded))
                             continue
                 if waiting:
-                    _put(lane.results, self._prepare(lane.guard, waiting.popleft()), self._stop)
+                    put_unless_stopped(lane.results, self._prepare(lane.guard, waiting.popleft()), self._stop)
                 elif not more:
                     return
         finally:
             try:
                 lane.guard.discard()  # a batch ended early: no answer of it may reach the next batch
             finally:
-                _put(lane.results, None, self._stop)
+                put_unless_stopped(lane.results, None, self._stop)
 
     def _submit(self, guard: ParseGuard, loaded: _Loaded) -> _Loaded:
         """Hand a small mail to the worker now; the loaded mail, or what went wrong in its place."""
@@ -220,13 +219,3 @@ class ParseAhead:
 def _streamed(loaded: _Loaded) -> bool:
     """A large mail: its bytes are read from the database while they are sent to the worker."""
     return loaded.error is None and loaded.envelope is not None and loaded.raw is None
-
-
-def _put(into: queue.Queue[T], item: T, stop: threading.Event) -> None:
-    """Put, unless the consumer has stopped (a full queue then stays full: nobody waits for the item)."""
-    while not stop.is_set():
-        try:
-            into.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
