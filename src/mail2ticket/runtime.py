@@ -17,12 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.config import Config, reply_secret
 from mail2ticket.db.engine import make_engine, make_sessionmaker
-from mail2ticket.db.wal_checkpoint import WalCheckpointer
+from mail2ticket.db.wal_checkpoint import WalCheckpointer, has_wal_file
 from mail2ticket.outbox.render import Renderer
 from mail2ticket.parse import Limits
 from mail2ticket.rules import Router
@@ -82,10 +81,9 @@ class Services:
     @classmethod
     def build(cls, config: Config) -> Services:
         url = config.daemon.database_url
-        database = make_url(url).database if url.startswith("sqlite") else None
-        sqlite = database not in (None, "", ":memory:")
-        engine = make_engine(url, pool_size=config.daemon.worker_threads + 2, background_checkpoints=sqlite)
-        checkpointer = WalCheckpointer(engine) if sqlite else None
+        sqlite_file = has_wal_file(url)
+        engine = make_engine(url, pool_size=config.daemon.worker_threads + 2, background_checkpoints=sqlite_file)
+        checkpointer = WalCheckpointer(engine) if sqlite_file else None
         if checkpointer is not None:
             checkpointer.start()
         return cls(engine=engine, factory=make_sessionmaker(engine), instance_id=instance_id(),

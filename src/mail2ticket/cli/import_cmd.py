@@ -12,15 +12,15 @@ acknowledgement or status mail goes out. Without it, imported mail is treated li
 from __future__ import annotations
 
 import argparse
+import collections
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.cli.common import (
     EX_DATAERR,
@@ -45,6 +45,7 @@ CHUNK_MESSAGES = 256
 CHUNK_BYTES = 32 << 20
 # Messages per intake transaction: short, so processing, which runs at the same time, seldom waits for the lock.
 STORE_MESSAGES = 64
+
 
 @dataclass
 class _Reading:
@@ -135,14 +136,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         with Progress(total, "importing") as bar:
             chunks = _stored_chunks(services.factory, args.paths, envelope, bar, reading)
-            for ids in chunks if args.queue_only else produced_ahead(chunks, name="import-read"):
-                if args.queue_only:
-                    continue  # stored only: the running daemon processes them
-                # Duplicates may still be waiting (an earlier run was interrupted): the batch skips done rows.
-                for result in _process_all(processor, ids):
-                    counts[result.state.value] += 1
-                    if result.ticket_number:
-                        tickets.add(result.ticket_number)
+            if args.queue_only:  # stored only: the running daemon processes them
+                collections.deque(chunks, maxlen=0)
+            else:
+                for ids in produced_ahead(chunks, name="import-read"):
+                    # Duplicates may still be waiting (an interrupted earlier run): the batch skips done rows.
+                    for result in _process_all(processor, ids):
+                        counts[result.state.value] += 1
+                        if result.ticket_number:
+                            tickets.add(result.ticket_number)
     except InputError as exc:
         print(f"mail2ticket import: {exc}", file=sys.stderr)
         return EX_NOINPUT

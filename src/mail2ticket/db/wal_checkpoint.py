@@ -7,9 +7,10 @@ waits for. Measured on a processing drain: commits took 10-25 ms, the checkpoint
 
 `WalCheckpointer` runs PASSIVE checkpoints on its own connection, `min_interval` seconds after a commit woke
 it (SQLAlchemy's "commit" event comes just before the COMMIT), and once more FOLLOW_UP_SECONDS later.
-PASSIVE never waits for readers or writers and never blocks them, so a commit only appends to the WAL. A commit still checkpoints itself when the WAL passes BACKSTOP_PAGES (set on the
-process's connections by `make_engine(..., background_checkpoints=True)`): should the thread fall behind, or
-writers never leave it a moment to finish, the WAL stays bounded as before, only at a larger size.
+PASSIVE never waits for readers or writers and never blocks them, so a commit only appends to the WAL. A commit
+still checkpoints itself when the WAL passes BACKSTOP_PAGES (set on the process's connections by
+`make_engine(..., background_checkpoints=True)`): should the thread fall behind, or writers never leave it a
+moment to finish, the WAL stays bounded as before, only at a larger size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import URL, make_url
 
 log = structlog.get_logger("mail2ticket.db")
 
@@ -28,6 +30,12 @@ BACKSTOP_PAGES = 8192  # 32 MiB of 4 KiB pages
 MIN_INTERVAL_SECONDS = 0.5
 FOLLOW_UP_SECONDS = 10.0
 TRUNCATE_SECONDS = 30.0
+
+
+def has_wal_file(url: str | URL) -> bool:
+    """Whether `url` is an SQLite database in a file (whose WAL a `WalCheckpointer` can checkpoint)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
 
 
 class WalNotTruncated(RuntimeError):
@@ -55,11 +63,10 @@ class WalCheckpointer:
     """Checkpoints the WAL of `engine`'s SQLite file soon after its commits; `start()`, then `stop()`."""
 
     def __init__(self, engine: Engine, *, min_interval: float = MIN_INTERVAL_SECONDS) -> None:
-        path = engine.url.database
-        if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        if not has_wal_file(engine.url) or engine.url.database is None:
             raise ValueError(f"no SQLite database file to checkpoint: {engine.url!r}")
         self.engine = engine
-        self.path = path
+        self.path = engine.url.database
         self.min_interval = min_interval
         self.checkpoints = 0  # completed PASSIVE checkpoints (for tests and curiosity)
         self._failing = False
