@@ -67,8 +67,9 @@ _DUPLICATE = Direct(select(InboundMessage.id).where(
 
 
 def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,
-                    only: Sequence[int] = (), claim: bool = False) -> list[int]:
-    """Ids of the oldest messages waiting for processing (or of `only`), at most `limit` and about `max_bytes`.
+                    only: Sequence[int] = (), claim: bool = False, after: int | None = None) -> list[int]:
+    """Ids of the oldest messages waiting for processing (or of `only`; or those after id `after`), at most
+    `limit` and about `max_bytes`.
 
     With `claim` (PostgreSQL) the rows are locked for this transaction and rows another instance holds are
     skipped; without it they are only candidates, which the processing transaction locks and re-checks.
@@ -82,6 +83,8 @@ def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes
     )
     if only:
         stmt = stmt.where(InboundMessage.id.in_(list(only)))
+    if after is not None:
+        stmt = stmt.where(InboundMessage.id > after)
     if claim:
         stmt = stmt.with_for_update(skip_locked=True, of=InboundMessage)
     ids: list[int] = []

@@ -14,10 +14,14 @@ processing thread, to read the answer and write the next job. With two workers a
 does not stall the stream: the other worker keeps parsing the messages behind it, and because parsing then
 outruns storing, a large mail is usually started well before it is needed.
 
-At most `depth` results wait per lane, and a batch is bounded in bytes: a backlog of large mails cannot pile up
-in memory. The depth lets one lane run well ahead while the other parses a large mail that processing waits for
-in order (a 2 MB attachment takes ~50 ms here): with 8, the small-mail lane stalled after ~25 ms; 32 took
-processing from 0.47 to 0.52 of its floor (docs/benchmarks.md, optimisation 30).
+At most `depth` results wait per lane, and the messages read but not yet handed out hold at most `max_bytes` of
+raw mail (or one message, however large): a backlog of large mails cannot pile up in memory. The depth lets one
+lane run well ahead while the other parses a large mail that processing waits for in order (a 2 MB attachment
+takes ~50 ms here): with 8, the small-mail lane stalled after ~25 ms; 32 took processing from 0.47 to 0.52 of
+its floor (docs/benchmarks.md, optimisation 30).
+
+With `more`, the reader asks for the messages after the last one it read once it has read all it was given, so
+the pipeline runs on without emptying between one batch of processing and the next (optimisation 33).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.db import repo_raw
@@ -36,6 +41,8 @@ from mail2ticket.handoff import put_unless_stopped
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits
 from mail2ticket.parse_guard import Analysed, ParseGuard
+
+log = structlog.get_logger("mail2ticket.parse_ahead")
 
 PREFETCH_BYTES = 1 << 20
 PREFETCH_DEPTH = 4  # small messages read ahead per lane: at most 4 MiB each
@@ -59,6 +66,7 @@ class _Loaded:
     envelope: tuple[str | None, list[str]] | None = None
     raw: bytes | None = None
     error: Exception | None = None
+    size: int = 0
 
 
 class NotReady:
@@ -78,24 +86,37 @@ class _Lane:
 
 
 class ParseAhead:
-    """Iterates the parse results of `ids` in order; use as a context manager so the thread always ends."""
+    """Iterates the parse results of `ids` in order; use as a context manager so the thread always ends.
+
+    `more(after)`, called on the reader thread, gives the ids of further messages after id `after` (ascending;
+    [] ends the stream); their results follow those of `ids`.
+    """
 
     def __init__(self, factory: sessionmaker[Session], guards: Sequence[ParseGuard], ids: Sequence[int], *,
-                 limits: Callable[[], tuple[Limits, float, tuple[str, ...]]], depth: int = 32) -> None:
+                 limits: Callable[[], tuple[Limits, float, tuple[str, ...]]], depth: int = 32,
+                 max_bytes: int = 32 << 20, more: Callable[[int], Sequence[int]] | None = None) -> None:
         self._factory = factory
-        self._ids = tuple(ids)
+        self._ids = list(ids)
+        self._position = {inbound_id: i for i, inbound_id in enumerate(self._ids)}
         self._limits = limits
-        self._lanes = [_Lane(guard, depth) for guard in guards[:max(1, len(self._ids))]]
+        self._more = more
+        lanes = guards if more is not None else guards[:max(1, len(self._ids))]
+        self._lanes = [_Lane(guard, depth) for guard in lanes]
         self._stop = threading.Event()
         self._handed = 0
         self._done = False
+        self._max_bytes = max_bytes
+        self._held = threading.Condition()
+        self._held_bytes = 0  # raw size of the messages read and not yet handed out (guarded by _held)
+        self._sizes: dict[int, int] = {}
         self._threads = [threading.Thread(target=self._load_all, name="parse-ahead-read", daemon=True)] + [
             threading.Thread(target=self._run, args=(lane,), name=f"parse-ahead-{i}", daemon=True)
             for i, lane in enumerate(self._lanes)]
 
-    @property
-    def ids(self) -> tuple[int, ...]:
-        return self._ids
+    def following(self, inbound_id: int, count: int) -> list[int]:
+        """`inbound_id` (one of the ids handed out) and up to `count - 1` ids after it, in order."""
+        start = self._position[inbound_id]
+        return self._ids[start:start + count]
 
     def __enter__(self) -> ParseAhead:
         for thread in self._threads:
@@ -120,19 +141,52 @@ class ParseAhead:
             self._done = True
             return None
         self._handed += 1
+        with self._held:
+            self._held_bytes -= self._sizes.pop(item.inbound_id, 0)
+            self._held.notify()
         return item
 
     def _load_all(self) -> None:
+        dealt = 0
         try:
-            for start in range(0, len(self._ids), READ_CHUNK):
-                chunk = self._ids[start:start + READ_CHUNK]
-                for offset, loaded in enumerate(self._load(chunk)):
-                    if self._stop.is_set():
-                        return
-                    put_unless_stopped(self._lanes[(start + offset) % len(self._lanes)].jobs, loaded, self._stop)
+            batch = list(self._ids)
+            while batch:
+                for start in range(0, len(batch), READ_CHUNK):
+                    for loaded in self._load(batch[start:start + READ_CHUNK]):
+                        if not self._hold(loaded):
+                            return
+                        put_unless_stopped(self._lanes[dealt % len(self._lanes)].jobs, loaded, self._stop)
+                        dealt += 1
+                batch = self._next_ids(batch[-1])
         finally:
             for lane in self._lanes:
                 put_unless_stopped(lane.jobs, None, self._stop)
+
+    def _next_ids(self, after: int) -> list[int]:
+        """The further messages `more` gives (recorded before they are read, for `following`); [] ends it."""
+        if self._more is None or self._stop.is_set():
+            return []
+        try:
+            batch = [inbound_id for inbound_id in self._more(after) if inbound_id not in self._position]
+        except Exception:  # noqa: BLE001 - the stream just ends; the next batch asks the database again
+            log.warning("parse_ahead_refill_failed", exc_info=True)
+            return []
+        for inbound_id in batch:
+            self._position[inbound_id] = len(self._ids)
+            self._ids.append(inbound_id)
+        return batch
+
+    def _hold(self, loaded: _Loaded) -> bool:
+        """Wait until `loaded` fits into `max_bytes` with the messages not yet handed out (one always fits);
+        False when stopped meanwhile."""
+        with self._held:
+            while self._held_bytes and self._held_bytes + loaded.size > self._max_bytes:
+                if self._stop.is_set():
+                    return False
+                self._held.wait(0.1)
+            self._held_bytes += loaded.size
+            self._sizes[loaded.inbound_id] = loaded.size
+        return not self._stop.is_set()
 
     def _load(self, chunk: Sequence[int]) -> list[_Loaded]:
         """The next messages, read in one snapshot (closed before they are handed on: no long read transaction)."""
@@ -151,7 +205,7 @@ class ParseAhead:
                 error = LookupError(f"raw bytes of inbound message {inbound_id} are missing")
                 loaded.append(_Loaded(inbound_id, error=error))
             else:  # a large message (raw None) is read piece by piece while it is sent to the worker
-                loaded.append(_Loaded(inbound_id, envelope, raw))
+                loaded.append(_Loaded(inbound_id, envelope, raw, size=size))
         return loaded
 
     def _run(self, lane: _Lane) -> None:

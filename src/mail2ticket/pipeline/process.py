@@ -33,7 +33,11 @@ processed in batches: a batch of waiting ids is chosen, a helper thread parses t
 (`parse_ahead`, the second core), and this thread stores every parsed message in a savepoint of one
 transaction. On SQLite the batch is chosen without the write lock, each row is re-checked under it, and the
 transaction commits as soon as the next parse is not ready, so the lock is never held while waiting for the
-parser. On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
+parser. There the parse-ahead pipeline also outlives the batch: it reads on into the messages that wait after
+the batch's last one (a "stream", at most STREAM_MESSAGES long), so the next batch finds its first messages
+parsed instead of starting an empty pipeline. A stream ends when nothing more waits, after a lost
+transaction (the messages before the culprit come next, in their order) and on any error; messages deferred
+meanwhile, which lie behind it, are taken up by the next stream. On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
 and kept small, because the ticket-number counter stays row-locked until the commit. Nothing leaves the
 machine inside a transaction: acknowledgements are outbox rows, sent after the commit.
 """
@@ -69,7 +73,10 @@ log = structlog.get_logger("mail2ticket.process")
 MAX_TRANSIENT_ATTEMPTS = 8
 # IntegrityError: another instance won a race on a unique key (participant, dedupe key); a retry sees its row.
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
-SQLITE_BATCH = 256  # messages per batch: the parse-ahead pipeline restarts (runs empty) once per batch
+SQLITE_BATCH = 256  # messages per batch (the daemon wakes the outbox and counts its metrics between batches)
+# Messages one parse-ahead stream reads at most before it ends and the next one starts from the oldest waiting
+# message again: a deferred message that became due meanwhile waits at most this long behind a backlog.
+STREAM_MESSAGES = 8 * SQLITE_BATCH
 RUN_MESSAGES = 64  # messages per transaction at most
 ROWS_PER_QUERY = 16  # intake rows loaded at a time: a run ended early by another writer wastes few
 PARSE_WORKERS = 2 if (os.cpu_count() or 1) >= 2 else 1
@@ -104,6 +111,9 @@ class Processor:
         # What the failed savepoint learnt (rolled back with it), kept for the outcome row.
         self._defects: list[str] | None = None
         self._kind: str | None = None
+        # The SQLite parse-ahead stream that runs on between batches, and its result handed out but not stored.
+        self._stream: ParseAhead | None = None
+        self._stream_next: Prepared | None = None
 
     def start_workers(self, *, wait: bool = False) -> None:
         """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
@@ -115,7 +125,8 @@ class Processor:
                 guard.start(self.runtime().limits, wait=True)
 
     def close(self) -> None:
-        """Stop the parse workers (they also exit on their own when this process ends)."""
+        """Stop the parse-ahead stream and the parse workers (they also exit on their own when this process ends)."""
+        self._end_stream()
         for guard in self.guards:
             guard.close()
 
@@ -128,6 +139,9 @@ class Processor:
         """Process up to `limit` waiting messages (or those of `only` that wait); [] when there is nothing to do."""
         factory, now = self.services.factory, self.services.clock()
         if self.services.engine.dialect.name == "sqlite":
+            if limit is None and not only:
+                return self._stream_batch()
+            self._end_stream()  # its results must not pass the messages asked for here
             with read_only(factory) as session:
                 ids = repo.waiting_inbound(session, now, limit=limit or SQLITE_BATCH, max_bytes=BATCH_BYTES,
                                            only=only)
@@ -152,16 +166,63 @@ class Processor:
 
     # --- runs and batches -----------------------------------------------------------------------------
 
-    def _parse_ahead(self, ids: Sequence[int]) -> ParseAhead:
+    def _stream_batch(self) -> list[Result]:
+        """Up to SQLITE_BATCH of the waiting messages, from the stream (started if none runs)."""
+        item: Prepared | None = self._stream_next
+        self._stream_next = None
+        if self._stream is None:
+            with read_only(self.services.factory) as session:
+                ids = repo.waiting_inbound(session, self.services.clock(), limit=SQLITE_BATCH, max_bytes=BATCH_BYTES)
+            if not ids:
+                return []
+            self._stream = self._parse_ahead(ids, more=self._stream_refill(len(ids))).__enter__()
+        stream = self._stream
+        results: list[Result] = []
+        try:
+            if item is None:
+                item = _prepared(stream.next())
+            while item is not None and len(results) < SQLITE_BATCH:
+                item = self._store_run(stream, item, results, most=SQLITE_BATCH - len(results))
+        except BaseException:
+            self._end_stream()
+            raise
+        if item is None:
+            self._end_stream()
+        else:
+            self._stream_next = item
+        return results
+
+    def _stream_refill(self, taken: int) -> Callable[[int], list[int]]:
+        """The stream's `more`: the messages waiting after `after`, until it has taken STREAM_MESSAGES."""
+        def more(after: int) -> list[int]:
+            nonlocal taken
+            if taken >= STREAM_MESSAGES:
+                return []
+            with read_only(self.services.factory) as session:
+                ids = repo.waiting_inbound(session, self.services.clock(), limit=min(SQLITE_BATCH, STREAM_MESSAGES - taken),
+                                           max_bytes=BATCH_BYTES, after=after)
+            taken += len(ids)
+            return ids
+
+        return more
+
+    def _end_stream(self) -> None:
+        stream, self._stream, self._stream_next = self._stream, None, None
+        if stream is not None:
+            stream.__exit__(None, None, None)
+
+    def _parse_ahead(self, ids: Sequence[int], more: Callable[[int], list[int]] | None = None) -> ParseAhead:
         def limits() -> tuple[Limits, float, tuple[str, ...]]:
             runtime = self.runtime()
             config = runtime.config
             return runtime.limits, config.limits.parse_timeout, tuple(config.loop_protection.noreply_patterns)
 
-        return ParseAhead(self.services.factory, self.guards, ids, limits=limits)
+        return ParseAhead(self.services.factory, self.guards, ids, limits=limits, max_bytes=BATCH_BYTES, more=more)
 
-    def _store_run(self, ahead: ParseAhead, first: Prepared, results: list[Result]) -> Prepared | None:
-        """Store `first` and every further result that is ready in one transaction; return the next one.
+    def _store_run(self, ahead: ParseAhead, first: Prepared, results: list[Result],
+                   most: int = RUN_MESSAGES) -> Prepared | None:
+        """Store `first` and every further result that is ready (`most` in all) in one transaction; return the
+        next one.
 
         The transaction commits when the next parse is not ready within RUN_WAIT_SECONDS, so the SQLite write
         lock is held for storing only, never while the parser works; and when another thread (SMTP intake, the
@@ -179,12 +240,11 @@ class Processor:
                 while True:
                     run.append(item.inbound_id)
                     if item.inbound_id not in rows:  # the rows of the next few messages, in one query
-                        start = ahead.ids.index(item.inbound_id)
-                        rows = repo.inbound_rows(session, ahead.ids[start:start + ROWS_PER_QUERY])
+                        rows = repo.inbound_rows(session, ahead.following(item.inbound_id, ROWS_PER_QUERY))
                     if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
                         stored.append(result)
                     held = time.monotonic() - started
-                    if (len(run) >= RUN_MESSAGES or held > MAX_RUN_SECONDS
+                    if (len(run) >= min(most, RUN_MESSAGES) or held > MAX_RUN_SECONDS
                             or (held >= MIN_RUN_SECONDS and writers_waiting(self.services.engine))):
                         following = NOT_READY
                         break
@@ -198,8 +258,7 @@ class Processor:
             results.extend(self._lost(run, lost))
             return None  # the batch ends: the messages before the culprit come next, in their order
         results.extend(stored)
-        nxt = ahead.next() if isinstance(following, NotReady) else following
-        return nxt if isinstance(nxt, Prepared) else None
+        return _prepared(ahead.next() if isinstance(following, NotReady) else following)
 
     def _claimed_batch(self, limit: int, only: Sequence[int], now: dt.datetime) -> list[Result]:
         run: list[int] = []
@@ -339,3 +398,7 @@ class Processor:
         """The message's outcome, written at once in one UPDATE (the last write of its savepoint)."""
         update_now(session, inbound, state=state, processed_at=now, attempts=inbound.attempts + 1,
                    defects=self._defects, classification=self._kind, **more)
+
+
+def _prepared(item: Prepared | NotReady | None) -> Prepared | None:
+    return item if isinstance(item, Prepared) else None
