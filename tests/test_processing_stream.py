@@ -24,7 +24,7 @@ from mail2ticket.cli.common import open_services
 from mail2ticket.config import load_config
 from mail2ticket.db.engine import make_engine
 from mail2ticket.parse_guard import ParseGuard
-from mail2ticket.pipeline import process
+from mail2ticket.pipeline import process, stream
 from mail2ticket.pipeline.parse_ahead import ParseAhead, Prepared
 from mail2ticket.pipeline.process import Processor, Result
 from tests.support.app import App
@@ -41,7 +41,7 @@ def _sqlite_only(app: App) -> None:
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 3 and streams of 7 messages: a short backlog crosses several of both."""
     monkeypatch.setattr(process, "SQLITE_BATCH", 3)
-    monkeypatch.setattr(process, "STREAM_MESSAGES", 7)
+    monkeypatch.setattr(stream, "STREAM_MESSAGES", 7)
 
 
 @contextmanager

@@ -68,8 +68,7 @@ _DUPLICATE = Direct(select(InboundMessage.id).where(
 
 def waiting_inbound(session: Session, now: dt.datetime, *, limit: int, max_bytes: int,
                     only: Sequence[int] = (), claim: bool = False, after: int | None = None) -> list[int]:
-    """Ids of the oldest messages waiting for processing (or of `only`; or those after id `after`), at most
-    `limit` and about `max_bytes`.
+    """Ids of the oldest messages waiting (of `only`; after id `after`), at most `limit` and about `max_bytes`.
 
     With `claim` (PostgreSQL) the rows are locked for this transaction and rows another instance holds are
     skipped; without it they are only candidates, which the processing transaction locks and re-checks.

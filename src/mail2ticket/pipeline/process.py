@@ -33,11 +33,8 @@ processed in batches: a batch of waiting ids is chosen, a helper thread parses t
 (`parse_ahead`, the second core), and this thread stores every parsed message in a savepoint of one
 transaction. On SQLite the batch is chosen without the write lock, each row is re-checked under it, and the
 transaction commits as soon as the next parse is not ready, so the lock is never held while waiting for the
-parser. There the parse-ahead pipeline also outlives the batch: it reads on into the messages that wait after
-the batch's last one (a "stream", at most STREAM_MESSAGES long), so the next batch finds its first messages
-parsed instead of starting an empty pipeline. A stream ends when nothing more waits, after a lost
-transaction (the messages before the culprit come next, in their order) and on any error; messages deferred
-meanwhile, which lie behind it, are taken up by the next stream. On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
+parser. There the parse-ahead pipeline also outlives the batch (`stream`), so the next batch finds its first
+messages parsed; a lost transaction or any error ends it (the messages before the culprit come next, in order). On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
 and kept small, because the ticket-number counter stays row-locked until the commit. Nothing leaves the
 machine inside a transaction: acknowledgements are outbox rows, sent after the commit.
 """
@@ -66,6 +63,7 @@ from mail2ticket.parse import Limits
 from mail2ticket.parse_guard import Analysed, ParseGuard, ParseWorkerUnavailable
 from mail2ticket.pipeline import automated, conversation
 from mail2ticket.pipeline.parse_ahead import NOT_READY, NotReady, ParseAhead, Prepared
+from mail2ticket.pipeline.stream import Stream
 from mail2ticket.runtime import Runtime, Services
 
 log = structlog.get_logger("mail2ticket.process")
@@ -74,9 +72,6 @@ MAX_TRANSIENT_ATTEMPTS = 8
 # IntegrityError: another instance won a race on a unique key (participant, dedupe key); a retry sees its row.
 TRANSIENT_ERRORS = (OperationalError, IntegrityError, ParseWorkerUnavailable)
 SQLITE_BATCH = 256  # messages per batch (the daemon wakes the outbox and counts its metrics between batches)
-# Messages one parse-ahead stream reads at most before it ends and the next one starts from the oldest waiting
-# message again: a deferred message that became due meanwhile waits at most this long behind a backlog.
-STREAM_MESSAGES = 8 * SQLITE_BATCH
 RUN_MESSAGES = 64  # messages per transaction at most
 ROWS_PER_QUERY = 16  # intake rows loaded at a time: a run ended early by another writer wastes few
 PARSE_WORKERS = 2 if (os.cpu_count() or 1) >= 2 else 1
@@ -111,9 +106,7 @@ class Processor:
         # What the failed savepoint learnt (rolled back with it), kept for the outcome row.
         self._defects: list[str] | None = None
         self._kind: str | None = None
-        # The SQLite parse-ahead stream that runs on between batches, and its result handed out but not stored.
-        self._stream: ParseAhead | None = None
-        self._stream_next: Prepared | None = None
+        self._stream = Stream(services.factory, services.clock, self._parse_ahead, max_bytes=BATCH_BYTES)
 
     def start_workers(self, *, wait: bool = False) -> None:
         """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
@@ -126,7 +119,7 @@ class Processor:
 
     def close(self) -> None:
         """Stop the parse-ahead stream and the parse workers (they also exit on their own when this process ends)."""
-        self._end_stream()
+        self._stream.end()
         for guard in self.guards:
             guard.close()
 
@@ -141,7 +134,7 @@ class Processor:
         if self.services.engine.dialect.name == "sqlite":
             if limit is None and not only:
                 return self._stream_batch()
-            self._end_stream()  # its results must not pass the messages asked for here
+            self._stream.end()  # its results must not pass the messages asked for here
             with read_only(factory) as session:
                 ids = repo.waiting_inbound(session, now, limit=limit or SQLITE_BATCH, max_bytes=BATCH_BYTES,
                                            only=only)
@@ -168,48 +161,20 @@ class Processor:
 
     def _stream_batch(self) -> list[Result]:
         """Up to SQLITE_BATCH of the waiting messages, from the stream (started if none runs)."""
-        item: Prepared | None = self._stream_next
-        self._stream_next = None
-        if self._stream is None:
-            with read_only(self.services.factory) as session:
-                ids = repo.waiting_inbound(session, self.services.clock(), limit=SQLITE_BATCH, max_bytes=BATCH_BYTES)
-            if not ids:
-                return []
-            self._stream = self._parse_ahead(ids, more=self._stream_refill(len(ids))).__enter__()
-        stream = self._stream
+        resumed = self._stream.resume(SQLITE_BATCH)
+        if resumed is None:
+            return []
+        ahead, first = resumed
+        item: Prepared | None = first
         results: list[Result] = []
         try:
-            if item is None:
-                item = _prepared(stream.next())
             while item is not None and len(results) < SQLITE_BATCH:
-                item = self._store_run(stream, item, results, most=SQLITE_BATCH - len(results))
+                item = self._store_run(ahead, item, results, most=SQLITE_BATCH - len(results))
         except BaseException:
-            self._end_stream()
+            self._stream.end()
             raise
-        if item is None:
-            self._end_stream()
-        else:
-            self._stream_next = item
+        self._stream.keep(item)
         return results
-
-    def _stream_refill(self, taken: int) -> Callable[[int], list[int]]:
-        """The stream's `more`: the messages waiting after `after`, until it has taken STREAM_MESSAGES."""
-        def more(after: int) -> list[int]:
-            nonlocal taken
-            if taken >= STREAM_MESSAGES:
-                return []
-            with read_only(self.services.factory) as session:
-                ids = repo.waiting_inbound(session, self.services.clock(), limit=min(SQLITE_BATCH, STREAM_MESSAGES - taken),
-                                           max_bytes=BATCH_BYTES, after=after)
-            taken += len(ids)
-            return ids
-
-        return more
-
-    def _end_stream(self) -> None:
-        stream, self._stream, self._stream_next = self._stream, None, None
-        if stream is not None:
-            stream.__exit__(None, None, None)
 
     def _parse_ahead(self, ids: Sequence[int], more: Callable[[int], list[int]] | None = None) -> ParseAhead:
         def limits() -> tuple[Limits, float, tuple[str, ...]]:
