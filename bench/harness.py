@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import sqlite3
 import statistics
@@ -198,24 +199,22 @@ class ChildRun:
 
 
 def run_child_rss(argv: list[str], *, stdout_path: Path, timeout: float = 3600) -> ChildRun:
-    """Run a command to completion; wall time and this child's own peak RSS (os.wait4 rusage, not the sum)."""
+    """Run a command to completion; wall time and its own peak RSS (its parse workers included), measured by
+    `peak_rss.py` so that the peak of this process, which the command's would otherwise include, stays out."""
     start = time.perf_counter()
+    result = stdout_path.with_suffix(".rss")
+    launcher = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), str(result), "--", *argv]
     with stdout_path.open("wb") as out, stdout_path.with_suffix(".err").open("wb") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise TimeoutError(f"{argv[:4]} did not finish within {timeout}s")
-            time.sleep(0.05)
+        proc = subprocess.Popen(launcher, stdout=out, stderr=err, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise TimeoutError(f"{argv[:4]} did not finish within {timeout}s") from None
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024, stdout_path.read_text(errors="replace"),
-                    stdout_path.with_suffix(".err").read_text(errors="replace"))
+    return ChildRun(returncode, seconds, int(result.read_text(encoding="ascii")) / 1024,
+                    stdout_path.read_text(errors="replace"), stdout_path.with_suffix(".err").read_text(errors="replace"))
 
 
 # --- process probes ---------------------------------------------------------------------------------------
