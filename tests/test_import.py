@@ -84,3 +84,19 @@ def test_import_processes_every_message_even_when_a_batch_is_cut_short_by_size(
     summary = app.json("import", "--archive", str(box))
     assert summary["stored"] == 5 and summary["processed"] == 5 and summary["deferred"] == 0
     assert len(app.tickets()) == 5
+
+
+def test_import_reports_its_own_messages_and_mail_that_waited_is_processed_too(app: App, tmp_path: Path) -> None:
+    """Mail already waiting (stored with `ingest --queue-only`) is processed along with the import, but the
+    import's summary counts only the messages it read."""
+    waiting = tmp_path / "waiting.eml"
+    waiting.write_bytes(citizen_mail(subject="Wartet schon", message_id="<wartet@example.org>"))
+    app.cli("ingest", "--queue-only", str(waiting))
+    start = dt.datetime(2024, 3, 1, 9, 0, tzinfo=dt.UTC)
+    box = write_mbox(tmp_path / "alt.mbox", [old_mail(i, start + dt.timedelta(hours=i)) for i in range(3)])
+
+    summary = app.json("import", "--archive", str(box))
+
+    assert summary["stored"] == 3 and summary["processed"] == 3 and summary["tickets_touched"] == 3
+    assert sorted(t["subject"] for t in app.tickets()) == ["Altanfrage 0", "Altanfrage 1", "Altanfrage 2",
+                                                           "Wartet schon"]

@@ -7,6 +7,8 @@ and not processed again. Messages stored by an interrupted run are processed by 
 `--archive` is for moving a department's old mailbox: tickets keep the mails' own dates and no
 acknowledgement or status mail goes out. Without it, imported mail is treated like mail arriving now.
 `--queue NAME` files mail under that queue's address, for mailboxes whose To: headers name people.
+Mail that was already waiting for processing is processed along with the import; the summary counts only the
+messages the import read.
 """
 
 from __future__ import annotations
@@ -93,13 +95,23 @@ def _chunks(items: Iterable[RawInput]) -> Iterator[list[RawInput]]:
         yield chunk
 
 
-def _process_all(processor: Processor, ids: list[int]) -> Iterator[Result]:
-    """Process every waiting message of `ids`; a processing batch may take fewer (it is bounded in bytes)."""
-    pending = ids
-    while pending and (results := processor.process_batch(only=pending)):
-        yield from results
-        handled = {result.inbound_id for result in results}
-        pending = [inbound_id for inbound_id in pending if inbound_id not in handled]
+def _process_all(processor: Processor, chunks: Iterable[list[int]]) -> dict[int, Result]:
+    """Process the messages of every chunk as it is stored; the last result of each of them.
+
+    Processing takes whatever waits, in arrival order, so its parse-ahead stream runs on from one chunk into the
+    next, which is stored meanwhile (optimisation 33); results of messages that are not this import's (stored
+    by the daemon or an earlier run) are left out of the summary.
+    """
+    results: dict[int, Result] = {}
+    mine: set[int] = set()
+    for ids in chunks:
+        mine.update(ids)
+        pending = {inbound_id for inbound_id in ids if inbound_id not in results}
+        while pending and (batch := processor.process_batch()):
+            for result in batch:
+                results[result.inbound_id] = result
+                pending.discard(result.inbound_id)
+    return {inbound_id: result for inbound_id, result in results.items() if inbound_id in mine}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,12 +151,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             if args.queue_only:  # stored only: the running daemon processes them
                 collections.deque(chunks, maxlen=0)
             else:
-                for ids in produced_ahead(chunks, name="import-read"):
-                    # Duplicates may still be waiting (an interrupted earlier run): the batch skips done rows.
-                    for result in _process_all(processor, ids):
-                        counts[result.state.value] += 1
-                        if result.ticket_number:
-                            tickets.add(result.ticket_number)
+                # Duplicates may still be waiting (an interrupted earlier run): they are processed with the rest.
+                for result in _process_all(processor, produced_ahead(chunks, name="import-read")).values():
+                    counts[result.state.value] += 1
+                    if result.ticket_number:
+                        tickets.add(result.ticket_number)
     except InputError as exc:
         print(f"mail2ticket import: {exc}", file=sys.stderr)
         return EX_NOINPUT
