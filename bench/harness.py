@@ -213,8 +213,9 @@ def run_child_rss(argv: list[str], *, stdout_path: Path, timeout: float = 3600) 
             proc.wait()
             raise TimeoutError(f"{argv[:4]} did not finish within {timeout}s") from None
     seconds = time.perf_counter() - start
-    return ChildRun(returncode, seconds, int(result.read_text(encoding="ascii")) / 1024,
-                    stdout_path.read_text(errors="replace"), stdout_path.with_suffix(".err").read_text(errors="replace"))
+    peak_mb = int(result.read_text(encoding="ascii")) / 1024
+    return ChildRun(returncode, seconds, peak_mb, stdout_path.read_text(errors="replace"),
+                    stdout_path.with_suffix(".err").read_text(errors="replace"))
 
 
 # --- process probes ---------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ processed in batches: a batch of waiting ids is chosen, a helper thread parses t
 transaction. On SQLite the batch is chosen without the write lock, each row is re-checked under it, and the
 transaction commits as soon as the next parse is not ready, so the lock is never held while waiting for the
 parser. There the parse-ahead pipeline also outlives the batch (`stream`), so the next batch finds its first
-messages parsed; a lost transaction or any error ends it (the messages before the culprit come next, in order). On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows)
-and kept small, because the ticket-number counter stays row-locked until the commit. Nothing leaves the
-machine inside a transaction: acknowledgements are outbox rows, sent after the commit.
+messages parsed; a lost transaction or any error ends it (the messages before the culprit come next, in order).
+On PostgreSQL the batch is claimed with `FOR UPDATE SKIP LOCKED` (other instances take other rows) and kept
+small, because the ticket-number counter stays row-locked until the commit. Nothing leaves the machine inside a
+transaction: acknowledgements are outbox rows, sent after the commit.
 """
 
 from __future__ import annotations
