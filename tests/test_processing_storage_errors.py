@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from mail2ticket.cli.common import open_services
 from mail2ticket.config import load_config
@@ -84,3 +85,42 @@ def test_a_disk_fault_while_reading_a_large_mail_defers_it(app: App, tmp_path: P
     (result,) = process_once(app)
     assert result.state == InboundState.DONE and result.ticket_number
     assert len(app.tickets()) == 1
+
+
+def test_a_storage_fault_in_the_middle_of_a_run_defers_each_message_once(app: App, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fault ends the run's transaction: every message of the run waits for its backoff, none is processed
+    # again at once behind the fault (which would skip the backoff and count the message twice).
+    for i in range(3):
+        (tmp_path / f"{i}.eml").write_bytes(citizen_mail(subject=f"Anliegen {i}", message_id=f"<a{i}@example.org>",
+                                                         sender=f"buerger{i}@example.org"))
+    app.cli("ingest", "--queue-only", *sorted(str(p) for p in tmp_path.glob("*.eml")))
+    real_one, failed = Processor._one, []
+
+    def one_with_a_fault(self: Processor, session: Any, item: Any, inbound: Any) -> Result | None:
+        if item.inbound_id == 2 and not failed:
+            failed.append(item.inbound_id)
+            raise OperationalError("INSERT …", {}, sqlite3.OperationalError("disk I/O error"))
+        return real_one(self, session, item, inbound)
+
+    monkeypatch.setattr(Processor, "_one", one_with_a_fault)
+    runtime, services = open_services(load_config(app.write_config()))
+    processor = Processor(services, lambda: runtime)
+    try:
+        processor.start_workers(wait=True)  # the three arrive parsed, so they share one run
+        results = []
+        while batch := processor.process_batch():
+            results.extend(batch)
+    finally:
+        processor.close()
+        services.close()
+
+    assert failed == [2]
+    assert sorted(r.inbound_id for r in results) == [1, 2, 3]  # each once
+    engine = make_engine(app.database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT state, attempts, not_before FROM inbound_message WHERE id = 2")).one()
+    finally:
+        engine.dispose()
+    assert row[0] == "new" and row[1] == 1 and row[2] is not None  # waits for its retry

@@ -143,9 +143,9 @@ class Processor:
                 return []
             results: list[Result] = []
             with self._parse_ahead(ids) as ahead:
-                item = ahead.next()
-                while isinstance(item, Prepared):
-                    item = self._store_run(ahead, item, results)
+                item: Prepared | NotReady | None = NOT_READY
+                while item is not None:
+                    item = ahead.next() if isinstance(item, NotReady) else self._store_run(ahead, item, results)
             return results
         return self._claimed_batch(limit or POSTGRES_BATCH, only, now)
 
@@ -166,15 +166,19 @@ class Processor:
         if resumed is None:
             return []
         ahead, first = resumed
-        item: Prepared | None = first
+        item: Prepared | NotReady | None = first
         results: list[Result] = []
         try:
             while item is not None and len(results) < SQLITE_BATCH:
-                item = self._store_run(ahead, item, results, most=SQLITE_BATCH - len(results))
+                if isinstance(item, NotReady):
+                    item = ahead.next()
+                else:
+                    item = self._store_run(ahead, item, results, most=SQLITE_BATCH - len(results))
         except BaseException:
             self._stream.end()
             raise
-        self._stream.keep(item)
+        if item is None:  # exhausted, or a lost transaction: the next batch starts from the oldest due message
+            self._stream.end()
         return results
 
     def _parse_ahead(self, ids: Sequence[int], more: Callable[[int], list[int]] | None = None) -> ParseAhead:
@@ -186,9 +190,10 @@ class Processor:
         return ParseAhead(self.services.factory, self.guards, ids, limits=limits, max_bytes=BATCH_BYTES, more=more)
 
     def _store_run(self, ahead: ParseAhead, first: Prepared, results: list[Result],
-                   most: int = RUN_MESSAGES) -> Prepared | None:
-        """Store `first` and every further result that is ready (`most` in all) in one transaction; return the
-        next one.
+                   most: int = RUN_MESSAGES) -> NotReady | None:
+        """Store `first` and every further result that is ready (`most` in all) in one transaction; NOT_READY
+        when more may follow (not taken yet, so a full batch returns without waiting for a parse), None when
+        the results are exhausted or the transaction was lost.
 
         The transaction commits when the next parse is not ready within RUN_WAIT_SECONDS, so the SQLite write
         lock is held for storing only, never while the parser works; and when another thread (SMTP intake, the
@@ -220,11 +225,13 @@ class Processor:
                     item = following
         except TRANSIENT_ERRORS as exc:  # the commit failed: nothing of this run is stored
             stored = [self._defer(inbound_id, exc) for inbound_id in run]
+            if isinstance(following, Prepared):  # taken into the run that failed: it waits with the others
+                following = NOT_READY
         except TransactionLost as lost:
             results.extend(self._lost(run, lost))
             return None  # the batch ends: the messages before the culprit come next, in their order
         results.extend(stored)
-        return _prepared(ahead.next() if isinstance(following, NotReady) else following)
+        return None if following is None else NOT_READY
 
     def _claimed_batch(self, limit: int, only: Sequence[int], now: dt.datetime) -> list[Result]:
         run: list[int] = []
@@ -364,7 +371,3 @@ class Processor:
         """The message's outcome, written at once in one UPDATE (the last write of its savepoint)."""
         update_now(session, inbound, state=state, processed_at=now, attempts=inbound.attempts + 1,
                    defects=self._defects, classification=self._kind, **more)
-
-
-def _prepared(item: Prepared | NotReady | None) -> Prepared | None:
-    return item if isinstance(item, Prepared) else None

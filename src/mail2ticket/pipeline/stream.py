@@ -27,7 +27,7 @@ OpenAhead = Callable[[Sequence[int], Callable[[int], list[int]]], ParseAhead]
 
 
 class Stream:
-    """Owns the running stream between batches, and the result it handed out last that is not stored yet."""
+    """Owns the running stream between batches."""
 
     def __init__(self, factory: sessionmaker[Session], clock: Callable[[], dt.datetime], open_ahead: OpenAhead,
                  *, max_bytes: int) -> None:
@@ -36,35 +36,26 @@ class Stream:
         self._open_ahead = open_ahead
         self._max_bytes = max_bytes
         self._ahead: ParseAhead | None = None
-        self._held: Prepared | None = None
 
     def resume(self, batch: int) -> tuple[ParseAhead, Prepared] | None:
-        """The running stream and its next result, starting one with up to `batch` messages if none runs; None
-        when nothing waits."""
-        if self._ahead is None:
-            with read_only(self._factory) as session:
-                ids = repo.waiting_inbound(session, self._clock(), limit=batch, max_bytes=self._max_bytes)
-            if not ids:
-                return None
-            self._ahead = self._open_ahead(ids, self._refill(len(ids), batch)).__enter__()
-        item, self._held = self._held, None
-        if item is None:
-            found = self._ahead.next()
-            if not isinstance(found, Prepared):
-                self.end()
-                return None
-            item = found
-        return self._ahead, item
-
-    def keep(self, item: Prepared | None) -> None:
-        """After a batch: `item` is the result to store first in the next one; None ends the stream."""
-        if item is None:
+        """The stream and its next result: the running one's, or a new one's with up to `batch` messages once
+        that is exhausted; None when nothing waits."""
+        if self._ahead is not None:
+            if isinstance(found := self._ahead.next(), Prepared):
+                return self._ahead, found
             self.end()
-        else:
-            self._held = item
+        with read_only(self._factory) as session:
+            ids = repo.waiting_inbound(session, self._clock(), limit=batch, max_bytes=self._max_bytes)
+        if not ids:
+            return None
+        self._ahead = self._open_ahead(ids, self._refill(len(ids), batch)).__enter__()
+        if isinstance(found := self._ahead.next(), Prepared):
+            return self._ahead, found
+        self.end()
+        return None
 
     def end(self) -> None:
-        ahead, self._ahead, self._held = self._ahead, None, None
+        ahead, self._ahead = self._ahead, None
         if ahead is not None:
             ahead.__exit__(None, None, None)
 
