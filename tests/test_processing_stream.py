@@ -10,7 +10,7 @@ backlog of large mails never read ahead further than the batch's byte budget.
 from __future__ import annotations
 
 import datetime as dt
-import threading
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from mail2ticket.cli.common import open_services
 from mail2ticket.config import load_config
+from mail2ticket.db import repo
 from mail2ticket.db.engine import make_engine
 from mail2ticket.parse_guard import ParseGuard
 from mail2ticket.pipeline import process, stream
@@ -136,8 +138,8 @@ def test_a_deferred_message_behind_the_stream_is_processed_once_it_is_due(app: A
     assert sql(app, "SELECT state, count(*) FROM inbound_message GROUP BY state") == [("done", 12)]
 
 
-def test_large_mails_are_read_ahead_only_as_far_as_the_byte_budget(app: App, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_mails_go_to_the_parser_only_as_far_as_the_byte_budget(app: App, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     body = "Anbei die Pläne.\n" + "Zeile mit Maßen und Flächen\n" * 4000  # about 110 kB each
     store(app, tmp_path, "large", [citizen_mail(subject=f"Pläne {i}", message_id=f"<p{i}@example.org>", body=body)
                                    for i in range(6)])
@@ -163,4 +165,40 @@ def test_large_mails_are_read_ahead_only_as_far_as_the_byte_budget(app: App, tmp
 
     assert all(isinstance(item, Prepared) and item.analysed is not None for item in taken)
     assert len(sent) == 6
-    assert threading.active_count() < 10  # the reader and the lanes ended
+
+
+def test_the_reader_asks_for_more_once_it_has_read_all_it_was_given(app: App, tmp_path: Path) -> None:
+    store(app, tmp_path, "backlog", mails("anliegen", 7))
+    asked: list[int] = []
+
+    def more(after: int) -> list[int]:
+        asked.append(after)
+        return {2: [3, 4], 4: [5, 6, 7]}.get(after, [])
+
+    with processor_of(app) as processor:
+        with processor._parse_ahead([1, 2], more) as ahead:
+            handed = [item.inbound_id for item in iter(lambda: ahead.next(timeout=30), None)
+                      if isinstance(item, Prepared) and item.analysed is not None]
+            assert ahead.following(3, 3) == [3, 4, 5]
+
+    assert handed == [1, 2, 3, 4, 5, 6, 7]
+    assert asked == [2, 4, 7]
+
+
+def test_a_failing_refill_ends_the_stream_and_the_next_one_goes_on(app: App, tmp_path: Path, small_batches: None,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store(app, tmp_path, "backlog", mails("anliegen", 10))
+    real, failures = repo.waiting_inbound, []
+
+    def waiting_inbound(session: Any, now: Any, **kwargs: Any) -> list[int]:
+        if kwargs.get("after") is not None and not failures:
+            failures.append(kwargs["after"])
+            raise OperationalError("SELECT …", {}, sqlite3.OperationalError("database is locked"))
+        return real(session, now, **kwargs)
+
+    monkeypatch.setattr(repo, "waiting_inbound", waiting_inbound)
+    with processor_of(app) as processor:
+        batches = process_all(processor)
+
+    assert failures and sorted(r.inbound_id for batch in batches for r in batch) == list(range(1, 11))
+    assert sql(app, "SELECT state, count(*) FROM inbound_message GROUP BY state") == [("done", 10)]

@@ -232,7 +232,7 @@ class Daemon:
             while self.handler.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.processor.close()  # its parse-ahead stream reads the database: it ends before the services close
+        await asyncio.to_thread(self.processor.close)  # ends its parse-ahead stream before the services close
         self.intake_pool.shutdown(wait=True)
         self.committer.close(timeout=30)
         with contextlib.suppress(Exception):  # the mails are sent; a failing QUIT must not fail the shutdown

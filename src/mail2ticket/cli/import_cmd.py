@@ -37,6 +37,7 @@ from mail2ticket.cli.common import (
 from mail2ticket.cli.ingest_cmd import looks_like_mail
 from mail2ticket.handoff import produced_ahead
 from mail2ticket.ingress.files import InputError, RawInput, count_inputs, iter_inputs
+from mail2ticket.db.models import InboundState
 from mail2ticket.intake import Envelope, Prepared, prepare, store_many
 from mail2ticket.pipeline.process import Processor, Result
 from mail2ticket.progress import Progress
@@ -95,23 +96,40 @@ def _chunks(items: Iterable[RawInput]) -> Iterator[list[RawInput]]:
         yield chunk
 
 
-def _process_all(processor: Processor, chunks: Iterable[list[int]]) -> dict[int, Result]:
-    """Process the messages of every chunk as it is stored; the last result of each of them.
+def _process_all(processor: Processor, chunks: Iterable[list[int]]) -> Iterator[Result]:
+    """Process the messages of every chunk as it is stored; the outcome of each of them, once.
 
     Processing takes whatever waits, in arrival order, so its parse-ahead stream runs on from one chunk into the
-    next, which is stored meanwhile (optimisation 33); results of messages that are not this import's (stored
-    by the daemon or an earlier run) are left out of the summary.
+    next, which is stored meanwhile (optimisation 33). Results of messages that no chunk has named yet wait in
+    `early` (a later chunk's, or not this import's: those are dropped once a chunk with higher ids has come); a
+    deferred message's result is given only at the end, unless it is processed again meanwhile.
     """
-    results: dict[int, Result] = {}
-    mine: set[int] = set()
+    early: dict[int, Result] = {}
+    deferred: dict[int, Result] = {}
+
+    def outcome(result: Result) -> Iterator[Result]:
+        if result.state == InboundState.NEW:
+            deferred[result.inbound_id] = result
+        else:
+            deferred.pop(result.inbound_id, None)
+            yield result
+
     for ids in chunks:
-        mine.update(ids)
-        pending = {inbound_id for inbound_id in ids if inbound_id not in results}
+        pending = set(ids)
+        for inbound_id in ids:
+            if (result := early.pop(inbound_id, None)) is not None:
+                pending.discard(inbound_id)
+                yield from outcome(result)
         while pending and (batch := processor.process_batch()):
             for result in batch:
-                results[result.inbound_id] = result
-                pending.discard(result.inbound_id)
-    return {inbound_id: result for inbound_id, result in results.items() if inbound_id in mine}
+                if result.inbound_id in pending or result.inbound_id in deferred:
+                    pending.discard(result.inbound_id)
+                    yield from outcome(result)
+                else:
+                    early[result.inbound_id] = result
+        newest = max(ids)
+        early = {inbound_id: result for inbound_id, result in early.items() if inbound_id > newest}
+    yield from deferred.values()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -152,7 +170,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 collections.deque(chunks, maxlen=0)
             else:
                 # Duplicates may still be waiting (an interrupted earlier run): they are processed with the rest.
-                for result in _process_all(processor, produced_ahead(chunks, name="import-read")).values():
+                for result in _process_all(processor, produced_ahead(chunks, name="import-read")):
                     counts[result.state.value] += 1
                     if result.ticket_number:
                         tickets.add(result.ticket_number)

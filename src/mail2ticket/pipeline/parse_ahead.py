@@ -14,8 +14,9 @@ processing thread, to read the answer and write the next job. With two workers a
 does not stall the stream: the other worker keeps parsing the messages behind it, and because parsing then
 outruns storing, a large mail is usually started well before it is needed.
 
-At most `depth` results wait per lane, and the messages read but not yet handed out hold at most `max_bytes` of
-raw mail (or one message, however large): a backlog of large mails cannot pile up in memory. The depth lets one
+At most `depth` results wait per lane, and the messages sent on to the lanes but not yet handed out hold at most
+`max_bytes` of raw mail (or one message, however large; the chunk being read holds up to READ_CHUNK more): a
+backlog of large mails cannot pile up in memory. The depth lets one
 lane run well ahead while the other parses a large mail that processing waits for in order (a 2 MB attachment
 takes ~50 ms here): with 8, the small-mail lane stalled after ~25 ms; 32 took processing from 0.47 to 0.52 of
 its floor (docs/benchmarks.md, optimisation 30).
@@ -107,8 +108,8 @@ class ParseAhead:
         self._done = False
         self._max_bytes = max_bytes
         self._held = threading.Condition()
-        self._held_bytes = 0  # raw size of the messages read and not yet handed out (guarded by _held)
-        self._sizes: dict[int, int] = {}
+        self._held_bytes = 0  # raw size of the messages dealt and not yet handed out (guarded by _held)
+        self._sizes: collections.deque[int] = collections.deque()  # theirs, in the order dealt and handed out
         self._threads = [threading.Thread(target=self._load_all, name="parse-ahead-read", daemon=True)] + [
             threading.Thread(target=self._run, args=(lane,), name=f"parse-ahead-{i}", daemon=True)
             for i, lane in enumerate(self._lanes)]
@@ -142,7 +143,7 @@ class ParseAhead:
             return None
         self._handed += 1
         with self._held:
-            self._held_bytes -= self._sizes.pop(item.inbound_id, 0)
+            self._held_bytes -= self._sizes.popleft()
             self._held.notify()
         return item
 
@@ -185,7 +186,7 @@ class ParseAhead:
                     return False
                 self._held.wait(0.1)
             self._held_bytes += loaded.size
-            self._sizes[loaded.inbound_id] = loaded.size
+            self._sizes.append(loaded.size)
         return not self._stop.is_set()
 
     def _load(self, chunk: Sequence[int]) -> list[_Loaded]:
