@@ -143,9 +143,7 @@ class Processor:
                 return []
             results: list[Result] = []
             with self._parse_ahead(ids) as ahead:
-                item: Prepared | NotReady | None = NOT_READY
-                while item is not None:
-                    item = ahead.next() if isinstance(item, NotReady) else self._store_run(ahead, item, results)
+                self._store_results(ahead, NOT_READY, results)
             return results
         return self._claimed_batch(limit or POSTGRES_BATCH, only, now)
 
@@ -166,20 +164,29 @@ class Processor:
         if resumed is None:
             return []
         ahead, first = resumed
-        item: Prepared | NotReady | None = first
         results: list[Result] = []
         try:
-            while item is not None and len(results) < SQLITE_BATCH:
-                if isinstance(item, NotReady):
-                    item = ahead.next()
-                else:
-                    item = self._store_run(ahead, item, results, most=SQLITE_BATCH - len(results))
+            rest = self._store_results(ahead, first, results, most=SQLITE_BATCH)
         except BaseException:
             self._stream.end()
             raise
-        if item is None:  # exhausted, or a lost transaction: the next batch starts from the oldest due message
+        if rest is None:  # exhausted, or a lost transaction: the next batch starts from the oldest due message
             self._stream.end()
         return results
+
+    def _store_results(self, ahead: ParseAhead, item: Prepared | NotReady, results: list[Result],
+                       most: int | None = None) -> NotReady | None:
+        """Store the results of `ahead` from `item` on (NOT_READY: from its next one), run after run, until they
+        are exhausted or `results` holds `most`; NOT_READY if more may follow."""
+        following: Prepared | NotReady | None = item
+        while following is not None and (most is None or len(results) < most):
+            if isinstance(following, NotReady):
+                following = ahead.next()
+            else:
+                room = RUN_MESSAGES if most is None else most - len(results)
+                following = self._store_run(ahead, following, results, most=room)
+        assert not isinstance(following, Prepared)  # a result taken is always stored: the batch has room for it
+        return following
 
     def _parse_ahead(self, ids: Sequence[int], more: Callable[[int], list[int]] | None = None) -> ParseAhead:
         def limits() -> tuple[Limits, float, tuple[str, ...]]:
