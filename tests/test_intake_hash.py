@@ -82,4 +82,5 @@ def test_prepare_of_parts_equals_prepare_of_the_whole() -> None:
     assert (parts.size, parts.sha256, parts.content_hash, parts.message_id) == \
            (whole.size, whole.sha256, whole.content_hash, whole.message_id)
     assert whole.sha256 == hashlib.sha256(raw).hexdigest()
+    assert whole.content_hash == reference_hash(raw)
     assert whole.message_id == header_message_id(raw) == "<p@example.org>"

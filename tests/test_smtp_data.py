@@ -80,3 +80,17 @@ def test_a_line_over_the_limit_without_any_crlf_is_refused_not_buffered() -> Non
     stream = b"x" * 5_000_000 + b"\r\n.\r\n"
     got, rest = asyncio.run(blockwise(stream, [100_000] * 10, None))
     assert got == "500" and rest == b""
+
+
+@pytest.mark.parametrize("filler", [b"z", b"zz\n", b"z\r"])
+@pytest.mark.parametrize("length", [LINE_LIMIT - 1, LINE_LIMIT, LINE_LIMIT + 1, 3 * LINE_LIMIT])
+@pytest.mark.parametrize("offset", [0, 1, 250, 499, 500, 777])
+def test_a_line_at_the_limit_among_short_ones_is_judged_exactly(filler: bytes, length: int, offset: int) -> None:
+    """A line of exactly the limit (CRLF included) passes and one byte more is refused, wherever it sits and
+    whatever bare CRs and LFs it holds; the lines around it are short, as in an attachment."""
+    short = b"y" * 74 + b"\r\n"
+    long_line = (filler * length)[: length - 2] + b"\r\n"
+    stream = b"x" * offset + b"\r\n" + short * 40 + long_line + short * 40 + b".\r\nQUIT\r\n"
+    expected = line_by_line(stream, None)
+    assert (expected[0] == "500") == (length > LINE_LIMIT)
+    assert asyncio.run(blockwise(stream, [], None)) == expected

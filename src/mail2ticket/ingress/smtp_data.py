@@ -65,7 +65,7 @@ class _Data:
             return
         if self.size_limit and self.size > self.size_limit:
             self._refuse("552 Error: Too much mail data")
-        elif max(map(len, data.split(b"\r\n"))) + 2 > self.line_length_limit:
+        elif _has_line_over(data, self.line_length_limit):
             self._refuse("500 Line too long (see RFC5321 4.5.3.1.6)")
         else:
             self.parts.add((data[1:] if data[:1] == b"." else data).replace(b"\r\n.", b"\r\n"))
@@ -79,6 +79,21 @@ class _Data:
     def _refuse(self, reply: str) -> None:
         self.error = reply
         self.parts.discard()
+
+
+def _has_line_over(data: bytes, limit: int) -> bool:
+    """Whether a line of `data` (whole CRLF-ended lines) is longer than `limit` bytes with its CRLF.
+
+    Splitting 256 KiB into lines costs three times what this costs first: a line too long covers a whole aligned
+    block of limit // 2 bytes, and such a block holds no CRLF. When every block holds one, no line is too long.
+    """
+    if len(data) <= limit:
+        return False
+    size = limit // 2
+    if size > 1 and all(data.find(b"\r\n", start, start + size) >= 0
+                        for start in range(0, len(data) - size + 1, size)):
+        return False
+    return max(map(len, data.split(b"\r\n"))) + 2 > limit
 
 
 async def read_data(reader: asyncio.StreamReader, *, line_length_limit: int, size_limit: int | None) -> DataResult:
