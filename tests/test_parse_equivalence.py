@@ -25,11 +25,10 @@ from bench.corpus import generate
 from mail2ticket import _bounce
 from mail2ticket._header_memo import MAX_ENTRIES, MAX_VALUE_CHARS, MemoPolicy, new_policy
 from mail2ticket.classify import DEFAULT_NOREPLY_PATTERNS
-from mail2ticket.ingress.files import iter_path
 from mail2ticket.outcomes import Quarantine
 from mail2ticket.parse import Limits, _may_have_line_over, longest_line, parse, parse_reference
 from mail2ticket.parse_guard import Analysed, ParseJob, analyse
-from tests.support.corpus import corpus_dir, iter_messages
+from tests.support.corpus import all_corpus_mails
 
 SMTP_JOB = ParseJob(Limits(), "a@b.example", ("x@stadt.example",), (), 10.0)
 IMAP_JOB = ParseJob(Limits(), None, (), DEFAULT_NOREPLY_PATTERNS, 10.0)
@@ -69,14 +68,7 @@ def outcome(run: Callable[[ParseJob, bytes], Analysed], job: ParseJob, raw: byte
 @pytest.fixture(scope="module")
 def corpus_mails() -> list[tuple[str, bytes]]:
     """Every corpus file as stored whole, plus each message of the mbox and maildir files on its own."""
-    mails: list[tuple[str, bytes]] = []
-    for path in iter_messages(corpus_dir()):
-        data = path.read_bytes()
-        mails.append((str(path), data))
-        items = list(iter_path(path))
-        if len(items) != 1 or bytes(items[0].data) != data:
-            mails += [(item.origin, bytes(item.data)) for item in items]
-    return mails
+    return all_corpus_mails()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from mail2ticket._header_memo import MemoPolicy, new_policy, unfold
 from mail2ticket.addresses import address_pairs, normalize_address, parse_address_list, parse_list_takes_as_is
 from mail2ticket.safe_text import clean_text
 from mail2ticket.outcomes import Quarantine
+from mail2ticket.parse_elide import parse_bytes
 
 _MSGID = re.compile(r"<[^<>\s]{1,900}>")
 _BOM = b"\xef\xbb\xbf"  # Windows tools save mail with a UTF-8 byte order mark
@@ -122,7 +123,9 @@ def _guarded(raw: bytes, limits: Limits, policy: EmailPolicy[EmailMessage]) -> P
 
 def _parse(raw: bytes, limits: Limits, policy: EmailPolicy[EmailMessage]) -> ParsedMail:
     bom = raw.startswith(_BOM)
-    msg = email.message_from_bytes(raw[len(_BOM):] if bom else raw, policy=policy)
+    data = raw[len(_BOM):] if bom else raw
+    # parse_reference keeps the stdlib's parse as it is: the baseline of the equivalence tests.
+    msg = parse_bytes(data, policy) if isinstance(policy, MemoPolicy) else email.message_from_bytes(data, policy=policy)
     if not isinstance(msg, EmailMessage):  # pragma: no cover - policy.default always builds EmailMessage
         raise Quarantine("unparseable: unexpected message class")
     defects: list[str] = [type(d).__name__ for d in msg.defects] + (["LeadingByteOrderMark"] if bom else [])

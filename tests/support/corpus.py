@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CORPORA_ROOT", "corpus_dir", "iter_messages", "load_message"]
+__all__ = ["CORPORA_ROOT", "all_corpus_mails", "corpus_dir", "iter_messages", "load_message"]
 
 CORPORA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 
@@ -52,3 +52,17 @@ def iter_messages(folder: Path) -> Iterator[Path]:
             and "expected" not in path.relative_to(folder).parts
         ):
             yield path
+
+
+def all_corpus_mails() -> list[tuple[str, bytes]]:
+    """Every corpus file as stored whole, plus each message of the mbox and maildir files on its own."""
+    from mail2ticket.ingress.files import iter_path
+
+    mails: list[tuple[str, bytes]] = []
+    for path in iter_messages(corpus_dir()):
+        data = path.read_bytes()
+        mails.append((str(path), data))
+        items = list(iter_path(path))
+        if len(items) != 1 or bytes(items[0].data) != data:
+            mails += [(item.origin, bytes(item.data)) for item in items]
+    return mails
