@@ -13,12 +13,12 @@ import datetime as dt
 import email
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
 from email._encoded_words import decode_b  # type: ignore[import-not-found]  # typeshed has no stub for it
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from email.policy import default as default_policy
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from mail2ticket._header_memo import MemoPolicy, new_policy, unfold
 from mail2ticket.addresses import address_pairs, normalize_address, parse_address_list, parse_list_takes_as_is
@@ -414,10 +414,11 @@ def _decoded_payload(part: Message) -> Any:
     """``part.get_payload(decode=True)``. For base64 in ASCII text (every attachment a mailer sends) the lines are
     joined by deleting CR and LF, which is what the stdlib's ``b"".join(splitlines())`` does for bytes in half the
     time; the decoding and its defects are the stdlib's own ``decode_b``."""
-    payload = part.get_payload()
-    if not isinstance(part.policy, MemoPolicy) or type(payload) is not str or not payload.isascii() \
+    # parse_reference always takes the stdlib's way: the baseline of the equivalence tests.
+    payload = part.get_payload() if isinstance(part.policy, MemoPolicy) else None
+    if type(payload) is not str or not payload.isascii() \
             or str(part.get("content-transfer-encoding", "")).lower() != "base64":
-        return part.get_payload(decode=True)  # parse_reference always: the baseline of the equivalence tests
+        return part.get_payload(decode=True)
     value, found = decode_b(payload.encode("ascii").translate(None, b"\r\n"))
     for defect in found:
         part.policy.handle_defect(part, defect)

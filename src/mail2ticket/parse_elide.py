@@ -10,8 +10,8 @@ message/delivery-status: a mail with such a part is parsed again whole.
 
 So before the parse each long run of such lines (without its last line break) is swapped for a token line of the
 same kind, and after it the token is swapped back in the text that holds it: the tree is the one the stdlib
-builds from the whole message. ``tests/test_parse_equivalence.py`` compares this with the plain parse on the
-corpora and on generated structures.
+builds from the whole message. ``tests/test_parse_elide.py`` compares the trees with the stdlib's on the corpora,
+on generated mail and on generated structures; ``tests/test_parse_equivalence.py`` compares ``analyse``.
 """
 
 from __future__ import annotations
