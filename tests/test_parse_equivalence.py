@@ -309,7 +309,8 @@ def test_the_part_count_precheck_quarantines_exactly_as_the_boundary_count_says(
         assert not too_many
 
 
-_BASE64_ATOMS = [b"QUJD", b"REVG", b"R0g=", b"SQ==", b"=", b"A", b"\r\n", b"\n", b"\r", b" ", b"!", b"-", b"\t", b"\xc3\xa4"]
+_BASE64_ATOMS = [b"QUJD", b"REVG", b"R0g=", b"SQ==", b"=", b"A", b"\r\n", b"\n", b"\r", b" ", b"!", b"-", b"\t",
+                 b"\xc3\xa4"]
 
 
 @settings(max_examples=400, deadline=None)
