@@ -20,6 +20,7 @@ import email
 import os
 import re
 import string
+from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 
@@ -34,7 +35,7 @@ _TOKEN_MARK = "M2Telided"  # base64 characters only, as the lines it stands for
 def parse_bytes(raw: bytes, policy: EmailPolicy[EmailMessage]) -> Message:
     """``email.message_from_bytes(raw, policy=policy)``, with the long base64 runs parsed in one piece."""
     skeleton, runs = _elide(raw)
-    if not runs:
+    if runs is None:
         return email.message_from_bytes(raw, policy=policy)
     try:
         msg = email.message_from_bytes(skeleton, policy=policy)
@@ -45,31 +46,32 @@ def parse_bytes(raw: bytes, policy: EmailPolicy[EmailMessage]) -> Message:
     return email.message_from_bytes(raw, policy=policy)
 
 
-def _elide(raw: bytes) -> tuple[bytes, dict[str, str]]:
-    """The message with each long run replaced by a token, and the runs by token; the message itself if none."""
+def _elide(raw: bytes) -> tuple[bytes, _Runs | None]:
+    """The message with each long run replaced by a token, and the runs; the message itself and None if none."""
     if len(raw) < MIN_RUN_BYTES:
-        return raw, {}
+        return raw, None
     # Each stretch between two "#" is looked at once (a search without the leading "#" would start again at
     # every byte of a stretch that is too short), and no copy of it is made.
     stretch = rb"#[^#]{%d,}" % MIN_RUN_BYTES  # compiled once by re's cache
     spans = [span for found in re.finditer(stretch, raw.translate(_CLASSES))
              if (span := _run_in(raw, found.start() + 1, found.end())) is not None]
     if not spans:
-        return raw, {}
+        return raw, None
     nonce = os.urandom(6).hex()
     pieces: list[bytes] = []
-    runs: dict[str, str] = {}
+    runs: list[str] = []
     done = 0
     for number, (start, end) in enumerate(spans):
-        token = f"{_TOKEN_MARK}{number}x{nonce}"
-        pieces += (raw[done:start], token.encode())
-        runs[token] = raw[start:end].decode("ascii")
+        pieces += (raw[done:start], f"{_TOKEN_MARK}{number}x{nonce}".encode())
+        runs.append(raw[start:end].decode("ascii"))
         done = end
     pieces.append(raw[done:])
     skeleton = b"".join(pieces)
-    if any(skeleton.count(token.encode()) != 1 for token in runs):  # the mail itself holds a token: parse it whole
-        return raw, {}
-    return skeleton, runs
+    tokens = re.compile(f"{_TOKEN_MARK}([0-9]+)x{nonce}")
+    # Each token once and in order, or the mail itself holds one: parse it whole.
+    if [int(number) for number in tokens.findall(skeleton.decode("ascii", "replace"))] != list(range(len(runs))):
+        return raw, None
+    return skeleton, _Runs(tokens, runs)
 
 
 def _run_in(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
@@ -98,12 +100,11 @@ def _run_in(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
     return run_start, run_end
 
 
-def _restored(msg: Message, runs: dict[str, str]) -> bool:
+def _restored(msg: Message, runs: _Runs) -> bool:
     """Put each run back where its token ended up: a part's text, or a multipart's preamble or epilogue. False
     (the caller parses the whole mail) where that might not give the stdlib's tree: a token not found once, a
     message/delivery-status part, or a token in a text that also holds other than ASCII (the parser may have
     decoded such a text by its charset, which might have read the run differently)."""
-    found: list[str] = []
     for part in msg.walk():
         if part.get_content_type() == "message/delivery-status":
             return False
@@ -113,17 +114,27 @@ def _restored(msg: Message, runs: dict[str, str]) -> bool:
         if isinstance(payload, str) and _TOKEN_MARK in payload:
             if not payload.isascii():
                 return False
-            part.set_payload(_put_back(payload, runs, found))
+            part.set_payload(runs.put_back(payload))
         if part.preamble is not None and _TOKEN_MARK in part.preamble:
-            part.preamble = _put_back(part.preamble, runs, found)
+            part.preamble = runs.put_back(part.preamble)
         if part.epilogue is not None and _TOKEN_MARK in part.epilogue:
-            part.epilogue = _put_back(part.epilogue, runs, found)
-    return sorted(found) == sorted(runs)
+            part.epilogue = runs.put_back(part.epilogue)
+    return sorted(runs.found) == list(range(len(runs.texts)))
 
 
-def _put_back(text: str, runs: dict[str, str], found: list[str]) -> str:
-    for token, run in runs.items():
-        if token in text:
-            found += [token] * text.count(token)
-            text = text.replace(token, run)
-    return text
+@dataclass
+class _Runs:
+    """The runs taken out, by number, and the tokens that stand for them."""
+
+    tokens: re.Pattern[str]
+    texts: list[str]
+    found: list[int] = field(default_factory=list)
+
+    def put_back(self, text: str) -> str:
+        """`text` with its tokens replaced by their runs, in one pass (a mail may hold hundreds of runs)."""
+        return self.tokens.sub(self._run, text)
+
+    def _run(self, token: re.Match[str]) -> str:
+        number = int(token.group(1))
+        self.found.append(number)
+        return self.texts[number]
