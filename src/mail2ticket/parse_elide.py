@@ -30,6 +30,8 @@ _BASE64_CHARS = (string.ascii_letters + string.digits + "+/=").encode()
 # base64 characters -> "a", CR and LF kept, anything else -> "#": runs are what lies between two "#".
 _CLASSES = bytes(ord("a") if byte in _BASE64_CHARS else byte if byte in b"\r\n" else ord("#") for byte in range(256))
 _TOKEN_MARK = "M2Telided"  # base64 characters only, as the lines it stands for
+# A token: the mark, the run's number, a nonce per mail. One pattern for every mail keeps re's cache unchurned.
+_TOKEN = re.compile(_TOKEN_MARK + "([0-9]+)x([0-9a-f]{12})")
 
 
 def parse_bytes(raw: bytes, policy: EmailPolicy[EmailMessage]) -> Message:
@@ -67,11 +69,10 @@ def _elide(raw: bytes) -> tuple[bytes, _Runs | None]:
         done = end
     pieces.append(raw[done:])
     skeleton = b"".join(pieces)
-    tokens = re.compile(f"{_TOKEN_MARK}([0-9]+)x{nonce}")
-    # Each token once and in order, or the mail itself holds one: parse it whole.
-    if [int(number) for number in tokens.findall(skeleton.decode("ascii", "replace"))] != list(range(len(runs))):
+    # Each token once and in order, and no other text of their shape, or the mail itself holds one: parse it whole.
+    if _TOKEN.findall(skeleton.decode("ascii", "replace")) != [(str(n), nonce) for n in range(len(runs))]:
         return raw, None
-    return skeleton, _Runs(tokens, runs)
+    return skeleton, _Runs(runs)
 
 
 def _run_in(raw: bytes, start: int, end: int) -> tuple[int, int] | None:
@@ -124,15 +125,14 @@ def _restored(msg: Message, runs: _Runs) -> bool:
 
 @dataclass
 class _Runs:
-    """The runs taken out, by number, and the tokens that stand for them."""
+    """The runs taken out, by number (the skeleton holds no other text of a token's shape)."""
 
-    tokens: re.Pattern[str]
     texts: list[str]
     found: list[int] = field(default_factory=list)
 
     def put_back(self, text: str) -> str:
         """`text` with its tokens replaced by their runs, in one pass (a mail may hold hundreds of runs)."""
-        return self.tokens.sub(self._run, text)
+        return _TOKEN.sub(self._run, text)
 
     def _run(self, token: re.Match[str]) -> str:
         number = int(token.group(1))
