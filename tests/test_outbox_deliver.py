@@ -141,3 +141,21 @@ def test_an_unreachable_smarthost_is_a_transient_error() -> None:
     with pytest.raises(TransientDeliveryError):
         deliverer.deliver("", "a@example.org", _mail(1), "<1@stadt.example>")
     assert deliverer.connections_opened == 0
+
+
+def test_a_session_the_smarthost_timed_out_is_replaced_without_an_error() -> None:
+    """A smarthost that ends idle sessions sooner than we do: the next mail goes over a new session, at once."""
+    handler = _Recorder()
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(), ready_timeout=5,
+                            timeout=0.3)
+    controller.start()
+    deliverer = _deliverer(controller)
+    try:
+        deliverer.deliver("", "a@example.org", _mail(1), "<1@stadt.example>")
+        time.sleep(0.8)  # the smarthost has closed the session; ours is still kept (IDLE_CLOSE_SECONDS is 2)
+        deliverer.deliver("", "b@example.org", _mail(2), "<2@stadt.example>")
+    finally:
+        deliverer.close()
+        controller.stop()
+    assert [rcpts for _, rcpts, _ in handler.mails] == [["a@example.org"], ["b@example.org"]]
+    assert deliverer.connections_opened == 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -34,6 +35,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 from mail2ticket.config.model import Config, SmtpInConfig
 from mail2ticket.failpoints import failpoint
@@ -194,6 +197,13 @@ class _ShutdownAwareSMTP(SMTP):
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd 1.4.6's, without the class it defines on every call, and remembered for repeated paths."""
+        address, rest = _parse_path(arg)
+        if address and self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
+
     def connection_made(self, transport: Any) -> None:
         if not self.handler_ref.accepting:
             # Greet with 421 and close: the relay keeps the mail and tries again later.
@@ -202,6 +212,18 @@ class _ShutdownAwareSMTP(SMTP):
             transport.close()
             return
         super().connection_made(transport)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_path(arg: str) -> tuple[str | None, str | None]:
+    """The address of a MAIL FROM or RCPT TO path and the rest of the line; (None, None) if it is no address."""
+    if not arg:
+        return "", ""
+    try:
+        address, rest = get_angle_addr(arg) if arg.lstrip().startswith("<") else get_addr_spec(arg)
+    except HeaderParseError:
+        return None, None
+    return str(address.addr_spec), rest
 
 
 class _ShutdownAwareLMTP(LMTP, _ShutdownAwareSMTP):

@@ -5,10 +5,13 @@ fails the row at once. The envelope is validated before smtplib sees it.
 
 `SmtpDeliverer` keeps its smarthost connection between mails, the way Postfix's SMTP client caches
 connections: the worker's batch of claimed rows (and the next batch, if it comes soon) goes over one session,
-one SMTP transaction (MAIL, RCPT, DATA) per row, so each row still gets its own result. A kept connection is
-probed with NOOP before it is used again (nothing of the mail is sent on a connection that may be dead, so a
-stale session costs a reconnect, never a duplicate), is closed after `IDLE_CLOSE_SECONDS` without use (a
-background thread says QUIT), and is replaced after `MAX_MAILS_PER_CONNECTION` mails or `MAX_CONNECTION_SECONDS`.
+one SMTP transaction (MAIL, RCPT, DATA) per row, so each row still gets its own result. Before a kept
+connection is used again, it is checked without a round trip, the way urllib3 checks a pooled connection: a
+socket that is readable between transactions holds the smarthost's close or an unasked reply (421), so it is
+replaced. A NOOP would cost a round trip per mail for the same answer. Either way nothing of the mail is sent on
+a connection known to be gone, and one that dies later fails before DATA's end at the latest: a reconnect or a
+retry, never a duplicate. A kept connection is closed after `IDLE_CLOSE_SECONDS` without use (a background
+thread says QUIT), and is replaced after `MAX_MAILS_PER_CONNECTION` mails or `MAX_CONNECTION_SECONDS`.
 A refused recipient fails its row only; the session goes on with the next one.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -128,12 +132,12 @@ class SmtpDeliverer:
             self._drop()
 
     def _session(self) -> smtplib.SMTP:
-        """The kept connection if it is young enough and answers NOOP, else a new one (lock held)."""
+        """The kept connection if it is young enough and still open, else a new one (lock held)."""
         client = self._client
         if client is not None:
             now = time.monotonic()
             if (self._mails < self.MAX_MAILS_PER_CONNECTION and now - self._opened_at < self.MAX_CONNECTION_SECONDS
-                    and self._answers_noop(client)):
+                    and _still_open(client)):
                 return client
             self._drop()
         client = self._connect()
@@ -143,14 +147,6 @@ class SmtpDeliverer:
         self.connections_opened += 1
         threading.Thread(target=self._close_when_idle, args=(client,), name="smtp-out-idle", daemon=True).start()
         return client
-
-    @staticmethod
-    def _answers_noop(client: smtplib.SMTP) -> bool:
-        try:
-            code, _ = client.noop()
-        except (smtplib.SMTPException, OSError):
-            return False
-        return code == 250
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
@@ -197,6 +193,18 @@ class SmtpDeliverer:
                     self._drop()
                     return
             time.sleep(idle_left)
+
+
+def _still_open(client: smtplib.SMTP) -> bool:
+    """Whether a kept session may carry the next mail: connected, and the smarthost has said nothing since."""
+    sock = client.sock
+    if sock is None or sock.fileno() < 0:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _error(code: int, text: bytes | str) -> Exception:
