@@ -58,6 +58,7 @@ from mail2ticket.metrics import (
     take_snapshot,
 )
 from mail2ticket.outbox.deliver import Deliverer
+from mail2ticket.outbox.journal import DeliveryJournal
 from mail2ticket.outbox.worker import OutboxWorker
 from mail2ticket.pipeline.process import Processor
 from mail2ticket.runtime import Runtime, Services
@@ -116,7 +117,7 @@ class Daemon:
         self.ops: OperationsConfig = config.operations
         self.deliverer = RecordingDeliverer(deliverer)
         self.outbox = OutboxWorker(services.factory, self.deliverer, config.smtp_out, services.instance_id,
-                                   services.clock)
+                                   services.clock, DeliveryJournal.for_engine(services.engine))
         self.intake_pool = ThreadPoolExecutor(max_workers=config.daemon.worker_threads, thread_name_prefix="intake")
         self.status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
         self.committer = GroupCommitter(services.factory, self.intake_pool, on_stored=self.note_received)
@@ -237,6 +238,7 @@ class Daemon:
         self.committer.close(timeout=30)
         with contextlib.suppress(Exception):  # the mails are sent; a failing QUIT must not fail the shutdown
             self.deliverer.close()
+        self.outbox.close()
         if self.http is not None:
             self.http.close()
         self.status_pool.shutdown(wait=False, cancel_futures=True)

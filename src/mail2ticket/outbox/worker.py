@@ -10,9 +10,11 @@
 |                            | another worker resends with the same bytes    |
 
 A claimed batch is sent row by row through the one deliverer, so with SMTP it shares one smarthost session
-(see `outbox.deliver.SmtpDeliverer`), and each row's result is committed right after its own send: a crash
-between send and commit can double at most that one mail (T20). The daemon wakes this worker after every
-processed message; otherwise it sleeps until the next row is due.
+(see `outbox.deliver.SmtpDeliverer`), and each row's result is recorded durably right after its own send: a
+crash between send and record can double at most that one mail (T20). A sent mail is recorded in the database
+in its own commit, or, on SQLite, in the delivery journal (`outbox.journal`), which is folded into the database
+once per batch, so that the outbox does not wait for the single write lock once per mail. The daemon wakes
+this worker after every processed message; otherwise it sleeps until the next row is due.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +32,7 @@ from mail2ticket.db.engine import read_only, unit_of_work
 from mail2ticket.db.models import OutboundState
 from mail2ticket.failpoints import failpoint
 from mail2ticket.outbox.deliver import Deliverer, PermanentDeliveryError, TransientDeliveryError
+from mail2ticket.outbox.journal import DeliveryJournal, Sent
 
 log = structlog.get_logger("mail2ticket.outbox")
 
@@ -49,8 +51,10 @@ class OutboxWorker:
         config: SmtpOutConfig,
         owner: str,
         clock: Callable[[], dt.datetime],
+        journal: DeliveryJournal | None = None,
     ) -> None:
         self.factory = factory
+        self.journal = journal
         self.deliverer = deliverer
         self.config = config
         self.owner = owner
@@ -61,17 +65,35 @@ class OutboxWorker:
     def run_once(self, limit: int = 10) -> int:
         # Looking costs no write lock: the daemon wakes this worker after every processing run, and a write
         # transaction that finds nothing would still end the processing run that holds the lock.
-        with read_only(self.factory) as session:
-            if not repo.outbound_due(session, self.clock()):
-                return 0
+        journal = self.journal
+        journaled = journal is not None and journal.pending()
+        if not journaled:
+            with read_only(self.factory) as session:
+                if not repo.outbound_due(session, self.clock()):
+                    return 0
         with unit_of_work(self.factory) as session:
+            if journal is not None and journaled:
+                # left by a crash: recorded before anything is claimed, so nothing of it is sent again
+                _fold(session, journal)
             claimed = [
                 (row.id, row.envelope_from, row.recipient, row.raw, row.message_id)
                 for row in repo.claim_due_outbound(session, self.owner, self.clock(), self.lease, limit)
             ]
-        for outbound_id, envelope_from, recipient, raw, message_id in claimed:
-            self._send(outbound_id, envelope_from, recipient, raw, message_id)
+        if journal is not None and journaled:
+            journal.clear()
+        try:
+            for outbound_id, envelope_from, recipient, raw, message_id in claimed:
+                self._send(outbound_id, envelope_from, recipient, raw, message_id)
+        finally:
+            if journal is not None and journal.pending():
+                with unit_of_work(self.factory) as session:
+                    _fold(session, journal)
+                journal.clear()
         return len(claimed)
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
 
     def next_due(self) -> dt.datetime | None:
         with read_only(self.factory) as session:
@@ -86,7 +108,7 @@ class OutboxWorker:
             error = exc
         failpoint("outbox.after_send_before_commit")
         if error is None:
-            self._record_sent(outbound_id, bound)
+            self._record_sent(outbound_id)
             return
         with unit_of_work(self.factory) as session:
             row = repo.get_outbound(session, outbound_id)
@@ -110,13 +132,31 @@ class OutboxWorker:
                 bound.info("outbound_deferred", error=row.last_error, attempts=row.attempts,
                            next_attempt_at=row.next_attempt_at.isoformat())
 
-    def _record_sent(self, outbound_id: int, bound: Any) -> None:
-        """The common outcome in one statement (plus its event): this commit follows every single mail (T20)."""
+    def _record_sent(self, outbound_id: int) -> None:
+        """The common outcome, durable before the next mail is sent (T20): in the journal, or in one commit."""
+        if self.journal is not None:
+            self.journal.record(Sent(outbound_id, self.owner, self.clock()))
+            failpoint("outbox.after_record_before_fold")
+            return
         with unit_of_work(self.factory) as session:
-            row = repo.mark_outbound_sent(session, outbound_id, self.owner, self.clock())
-            if row is None:  # the lease ran out and another worker took the mail over meanwhile
-                return
-            ticket_id, template, recipient, message_id, attempts = row
-            repo.add_event(session, "mail_sent", ticket_id=ticket_id, template=template, recipient=recipient,
-                           message_id=message_id)
-        bound.info("outbound_sent", template=template, attempts=attempts)
+            _mark_sent(session, Sent(outbound_id, self.owner, self.clock()))
+
+
+
+def _fold(session: Session, journal: DeliveryJournal) -> None:
+    """Record the journal's mails in the session's transaction; the caller empties the journal once it commits."""
+    for sent in journal.entries():
+        _mark_sent(session, sent)
+
+
+def _mark_sent(session: Session, sent: Sent) -> None:
+    """One statement (plus its event); nothing if the owner no longer holds the mail (the lease ran out and
+    another worker took it over, or the journal line was folded before)."""
+    row = repo.mark_outbound_sent(session, sent.outbound_id, sent.owner, sent.sent_at)
+    if row is None:
+        return
+    ticket_id, template, recipient, message_id, attempts = row
+    repo.add_event(session, "mail_sent", ticket_id=ticket_id, template=template, recipient=recipient,
+                   message_id=message_id)
+    log.info("outbound_sent", outbound_id=sent.outbound_id, message_id=message_id, template=template,
+             attempts=attempts)
