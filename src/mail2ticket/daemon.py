@@ -103,7 +103,8 @@ class RecordingDeliverer:
 class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
                  notifier: Notifier | None = None,
-                 extra_stages: Callable[[Daemon], list[Stage]] | None = None) -> None:
+                 extra_stages: Callable[[Daemon], list[Stage]] | None = None,
+                 journal: DeliveryJournal | None = None) -> None:
         self.config_path = config_path
         self.runtime = RuntimeRef(runtime)
         self.services = services
@@ -117,7 +118,7 @@ class Daemon:
         self.ops: OperationsConfig = config.operations
         self.deliverer = RecordingDeliverer(deliverer)
         self.outbox = OutboxWorker(services.factory, self.deliverer, config.smtp_out, services.instance_id,
-                                   services.clock, DeliveryJournal.for_engine(services.engine))
+                                   services.clock, journal)
         self.intake_pool = ThreadPoolExecutor(max_workers=config.daemon.worker_threads, thread_name_prefix="intake")
         self.status_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
         self.committer = GroupCommitter(services.factory, self.intake_pool, on_stored=self.note_received)
@@ -393,11 +394,12 @@ def prepare_database(runtime: Runtime, services: Services) -> None:
 
 def run(config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
         extra_stages: Callable[[Daemon], list[Stage]] | None = None) -> int:
+    journal = DeliveryJournal.for_engine(services.engine)  # first: a second daemon stops here (JournalInUse)
     log.info("malloc_tuned", settings=tune_malloc())
     prepare_database(runtime, services)
 
     async def main() -> int:
-        daemon = Daemon(config_path, runtime, services, deliverer, extra_stages=extra_stages)
+        daemon = Daemon(config_path, runtime, services, deliverer, extra_stages=extra_stages, journal=journal)
         return await daemon.serve()
 
     return asyncio.run(main())

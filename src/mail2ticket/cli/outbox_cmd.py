@@ -15,6 +15,8 @@ from sqlalchemy import func, select
 from mail2ticket.cli.common import CliError, iso, load, open_services, print_json, print_table
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import Event, OutboundMail, OutboundState, Ticket
+from mail2ticket.outbox.journal import journal_path, read_entries
+from mail2ticket.outbox.worker import record_journaled
 
 STATES = [s.value for s in OutboundState]
 
@@ -84,6 +86,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     retried: list[dict[str, Any]] = []
     try:
         with unit_of_work(services.factory) as session:
+            # A mail sent just before a crash may be recorded only in the delivery journal: it looks stuck.
+            if (journal := journal_path(services.engine)) is not None:
+                record_journaled(session, read_entries(journal))
             stmt = select(OutboundMail)
             stmt = stmt.where(OutboundMail.state == OutboundState.FAILED) if args.all_failed else \
                 stmt.where(OutboundMail.id.in_(args.ids))

@@ -6,9 +6,10 @@ import argparse
 
 from mail2ticket import daemon
 from mail2ticket.stages import Stage
-from mail2ticket.cli.common import build_deliverer, load
+from mail2ticket.cli.common import CliError, build_deliverer, load
 from mail2ticket.config.load import config_path
 from mail2ticket.ingress import imap
+from mail2ticket.outbox.journal import JournalInUse
 from mail2ticket.runtime import Runtime, Services
 
 
@@ -24,6 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return daemon.run(config_path(args.config), runtime, services, build_deliverer(config),
                           extra_stages=_extra_stages)
+    except JournalInUse as exc:
+        raise CliError(str(exc)) from None
     finally:
         services.close()
 

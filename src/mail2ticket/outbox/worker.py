@@ -145,7 +145,12 @@ class OutboxWorker:
 
 def _fold(session: Session, journal: DeliveryJournal) -> None:
     """Record the journal's mails in the session's transaction; the caller empties the journal once it commits."""
-    for sent in journal.entries():
+    record_journaled(session, journal.entries())
+
+
+def record_journaled(session: Session, entries: list[Sent]) -> None:
+    """Record mails the journal names as sent; idempotent, so the CLI may fold the lines the daemon will fold."""
+    for sent in entries:
         _mark_sent(session, sent)
 
 
