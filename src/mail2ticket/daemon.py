@@ -239,7 +239,6 @@ class Daemon:
         self.committer.close(timeout=30)
         with contextlib.suppress(Exception):  # the mails are sent; a failing QUIT must not fail the shutdown
             self.deliverer.close()
-        self.outbox.close()
         if self.http is not None:
             self.http.close()
         self.status_pool.shutdown(wait=False, cancel_futures=True)
@@ -395,11 +394,15 @@ def prepare_database(runtime: Runtime, services: Services) -> None:
 def run(config_path: Path, runtime: Runtime, services: Services, deliverer: Deliverer,
         extra_stages: Callable[[Daemon], list[Stage]] | None = None) -> int:
     journal = DeliveryJournal.for_engine(services.engine)  # first: a second daemon stops here (JournalInUse)
-    log.info("malloc_tuned", settings=tune_malloc())
-    prepare_database(runtime, services)
+    try:
+        log.info("malloc_tuned", settings=tune_malloc())
+        prepare_database(runtime, services)
 
-    async def main() -> int:
-        daemon = Daemon(config_path, runtime, services, deliverer, extra_stages=extra_stages, journal=journal)
-        return await daemon.serve()
+        async def main() -> int:
+            daemon = Daemon(config_path, runtime, services, deliverer, extra_stages=extra_stages, journal=journal)
+            return await daemon.serve()
 
-    return asyncio.run(main())
+        return asyncio.run(main())
+    finally:
+        if journal is not None:
+            journal.close()

@@ -91,10 +91,6 @@ class OutboxWorker:
                 journal.clear()
         return len(claimed)
 
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
-
     def next_due(self) -> dt.datetime | None:
         with read_only(self.factory) as session:
             return repo.next_outbound_due(session)
