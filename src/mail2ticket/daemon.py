@@ -57,7 +57,7 @@ from mail2ticket.metrics import (
     processed_infos,
     take_snapshot,
 )
-from mail2ticket.outbox.deliver import Deliverer
+from mail2ticket.outbox.deliver import Deliverer, RecordingDeliverer
 from mail2ticket.outbox.journal import DeliveryJournal
 from mail2ticket.outbox.worker import OutboxWorker
 from mail2ticket.pipeline.process import Processor
@@ -66,7 +66,6 @@ from mail2ticket.sdnotify import Notifier
 from mail2ticket.stages import IDLE_POLL_SECONDS, MailboxStage, Stage, ThreadWorkerStage, backoff, wait_any
 
 log = structlog.get_logger("mail2ticket.daemon")
-
 
 
 class RuntimeRef:
@@ -80,24 +79,6 @@ class RuntimeRef:
 
     def swap(self, runtime: Runtime) -> None:
         self._runtime = runtime
-
-
-class RecordingDeliverer:
-    """Wraps the real deliverer so the outbox step learns which mails it just handled (for the metrics)."""
-
-    def __init__(self, inner: Deliverer) -> None:
-        self.inner = inner
-        self.handled: list[str] = []
-
-    def deliver(self, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
-        self.handled.append(message_id)
-        self.inner.deliver(envelope_from, recipient, raw, message_id)
-
-    def close(self) -> None:
-        """QUIT a kept smarthost connection (folder delivery has none)."""
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()
 
 
 class Daemon:

@@ -45,6 +45,24 @@ class Deliverer(Protocol):
     def deliver(self, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None: ...
 
 
+class RecordingDeliverer:
+    """Wraps the real deliverer so the outbox step learns which mails it just handled (for the metrics)."""
+
+    def __init__(self, inner: Deliverer) -> None:
+        self.inner = inner
+        self.handled: list[str] = []
+
+    def deliver(self, envelope_from: str, recipient: str, raw: bytes, message_id: str) -> None:
+        self.handled.append(message_id)
+        self.inner.deliver(envelope_from, recipient, raw, message_id)
+
+    def close(self) -> None:
+        """QUIT a kept smarthost connection (folder delivery has none)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+
 def _checked_envelope(envelope_from: str, recipient: str) -> tuple[str, str]:
     try:
         sender = envelope_address(envelope_from)
