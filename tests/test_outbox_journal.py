@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +29,7 @@ def _sqlite_file(app: App) -> str:
 
 def _claims_run_out(database: str) -> None:
     """What the passing of the claim's lease (over a minute) would do."""
-    with sqlite3.connect(database) as db:
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
         db.execute("UPDATE outbound_mail SET claim_expires_at = '2000-01-01 00:00:00.000000' WHERE state = 'sending'")
 
 
@@ -40,8 +39,11 @@ def test_an_ack_recorded_in_the_journal_is_not_sent_again_after_kill_9(app: App,
     database = _sqlite_file(app)
     app.set("smtp_out", delivery="smtp", host=smtp_sink.host, port=smtp_sink.port)
     daemon = app.start(env={"M2T_FAILPOINT": "outbox.after_record_before_fold:kill"})
-    daemon.send(citizen_mail(message_id="<journal-1@example.org>"))
-    wait_until(lambda: daemon.proc.poll() is not None, timeout=30, message="the daemon to die after the record")
+    try:
+        daemon.send(citizen_mail(message_id="<journal-1@example.org>"))
+        wait_until(lambda: daemon.proc.poll() is not None, timeout=30, message="the daemon to die after the record")
+    finally:
+        daemon.kill()
     assert len(smtp_sink.wait_for(1)) == 1
     assert [row["state"] for row in app.json("outbox", "list", "--all")] == ["sending"]
     _claims_run_out(database)
@@ -76,16 +78,19 @@ def test_outbox_retry_refuses_a_mail_sent_just_before_a_crash(app: App, smtp_sin
     database = _sqlite_file(app)
     app.set("smtp_out", delivery="smtp", host=smtp_sink.host, port=smtp_sink.port)
     daemon = app.start(env={"M2T_FAILPOINT": "outbox.step:sleep=600"})  # the acks wait, to go in one batch
-    for i in range(3):
-        daemon.send(citizen_mail(message_id=f"<retry-{i}@example.org>", sender=f"B{i} <b{i}@example.org>"),
-                    sender=f"b{i}@example.org")
-    wait_until(lambda: len(app.json("outbox", "list")) == 3, timeout=30, message="three queued acks")
-    daemon.kill()
+    try:
+        for i in range(3):
+            daemon.send(citizen_mail(message_id=f"<retry-{i}@example.org>", sender=f"B{i} <b{i}@example.org>"),
+                        sender=f"b{i}@example.org")
+        wait_until(lambda: len(app.json("outbox", "list")) == 3, timeout=30, message="three queued acks")
+    finally:
+        daemon.kill()
     daemon = app.start(env={"M2T_FAILPOINT": "outbox.after_record_before_fold:sleep=5"})
-    smtp_sink.wait_for(2, timeout=30)
-    time.sleep(0.5)  # the second one recorded in the journal
-    os.killpg(daemon.proc.pid, signal.SIGKILL)
-    daemon.proc.wait(5)
+    try:
+        smtp_sink.wait_for(2, timeout=30)
+        time.sleep(0.5)  # the second one recorded in the journal
+    finally:
+        daemon.kill()
     _claims_run_out(database)
     stuck = sorted(row["id"] for row in app.json("outbox", "list") if row["state"] == "sending")
     assert len(stuck) == 3
