@@ -73,8 +73,8 @@ class OutboxWorker:
                     return 0
         with unit_of_work(self.factory) as session:
             if journal is not None and journaled:
-                # left by a crash: recorded before anything is claimed, so nothing of it is sent again
-                _fold(session, journal)
+                # left by a crash or a failed fold: recorded before anything is claimed, so none of it is sent again
+                record_journaled(session, journal.entries())
             claimed = [
                 (row.id, row.envelope_from, row.recipient, row.raw, row.message_id)
                 for row in repo.claim_due_outbound(session, self.owner, self.clock(), self.lease, limit)
@@ -87,7 +87,7 @@ class OutboxWorker:
         finally:
             if journal is not None and journal.pending():
                 with unit_of_work(self.factory) as session:
-                    _fold(session, journal)
+                    record_journaled(session, journal.entries())
                 journal.clear()
         return len(claimed)
 
@@ -138,14 +138,9 @@ class OutboxWorker:
             _mark_sent(session, Sent(outbound_id, self.owner, self.clock()))
 
 
-
-def _fold(session: Session, journal: DeliveryJournal) -> None:
-    """Record the journal's mails in the session's transaction; the caller empties the journal once it commits."""
-    record_journaled(session, journal.entries())
-
-
 def record_journaled(session: Session, entries: list[Sent]) -> None:
-    """Record mails the journal names as sent; idempotent, so the CLI may fold the lines the daemon will fold."""
+    """Record in the session's transaction the mails the journal names as sent (the journal is emptied only once
+    that has committed); idempotent, so the CLI may fold the lines the daemon will fold again."""
     for sent in entries:
         _mark_sent(session, sent)
 
