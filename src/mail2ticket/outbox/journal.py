@@ -30,6 +30,8 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Engine
 
+from mail2ticket.db.wal_checkpoint import has_wal_file
+
 log = structlog.get_logger("mail2ticket.outbox")
 
 
@@ -47,7 +49,7 @@ class JournalInUse(Exception):
 def journal_path(engine: Engine) -> Path | None:
     """Where the journal of a SQLite database file lies; None for PostgreSQL or an in-memory database."""
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+    if not has_wal_file(engine.url) or database is None or database.startswith("file:"):
         return None
     return Path(database + "-outbox-journal")
 
