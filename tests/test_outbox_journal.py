@@ -141,3 +141,23 @@ def test_a_short_write_on_a_full_disk_is_an_error_and_leaves_no_torn_line(tmp_pa
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "record(2) failed" in out.stdout, out.stderr
     assert "entries: [1, 3]" in out.stdout
+
+
+def test_acks_of_several_full_batches_are_all_recorded_once_and_the_journal_is_empty_after_stop(
+        app: App, smtp_sink: SmtpSink) -> None:
+    """A full batch leaves its journal lines to the next claim; the last batch and the stop fold the rest."""
+    database = _sqlite_file(app)
+    app.set("smtp_out", delivery="smtp", host=smtp_sink.host, port=smtp_sink.port)
+    daemon = app.start()
+    try:
+        for i in range(25):
+            daemon.send(citizen_mail(sender=f"Bürger {i} <buerger{i}@example.org>",
+                                     message_id=f"<batch-{i}@example.org>"))
+        smtp_sink.wait_for(25, timeout=60)
+    finally:
+        daemon.stop()
+    assert [row["state"] for row in app.json("outbox", "list", "--all")] == ["sent"] * 25
+    assert sorted(m.msg["In-Reply-To"] for m in smtp_sink.messages) == sorted(
+        f"<batch-{i}@example.org>" for i in range(25))
+    assert Path(f"{database}-outbox-journal").read_bytes() == b""
+    assert daemon.log().count('"outbound_sent"') == 25

@@ -215,6 +215,8 @@ class Daemon:
             while self.handler.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the journal keeps the lines; the next start folds them otherwise
+            await asyncio.to_thread(self.outbox.fold_journal)
         await asyncio.to_thread(self.processor.close)  # ends its parse-ahead stream before the services close
         self.intake_pool.shutdown(wait=True)
         self.committer.close(timeout=30)
