@@ -1,4 +1,5 @@
-"""Retention and data-subject requests (GDPR Art. 5(1)(e), 15, 17; BSI CON.6), used by `purge` and `person`.
+"""Retention (GDPR Art. 5(1)(e); BSI CON.6), used by `purge`; the data-subject requests of `person` are in
+`erasure`, which shares the scrubbing helpers here.
 
 Works on the database only, after the pipeline: nothing here runs in the daemon. Callers own the
 transactions (one per ticket for `purge`, one for `person erase`) and call `compact` afterwards, because
@@ -10,9 +11,6 @@ deleted rows stay readable in free pages of an SQLite file until it is vacuumed.
 | `anonymise_after_days`                               | as above, plus requester and external participants are    |
 |                                                      | replaced by "[anonymised]" in every field and the texts   |
 | `[operations] delete_unticketed_after_days`          | ignored/quarantined intake rows without a ticket go       |
-
-`person erase` deletes the tickets a person requested, deletes what they wrote and what was sent to them
-elsewhere, and scrubs their address and names from everything that stays (texts, events, raw bytes).
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, String, cast, delete, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Engine, String, cast, delete, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from mail2ticket.config import Config
@@ -161,7 +159,7 @@ def plan_purge(session: Session, config: Config, now: dt.datetime) -> PurgePlan:
     return plan
 
 
-def _rowcount(result: Any) -> int:
+def rowcount(result: Any) -> int:
     """Rows hit by a bulk DELETE/UPDATE (a CursorResult; typed loosely by SQLAlchemy)."""
     return int(result.rowcount or 0)
 
@@ -172,7 +170,7 @@ def secure_delete(session: Session) -> None:
         session.execute(text("PRAGMA secure_delete=ON"))
 
 
-def _delete_orphan_contents(session: Session) -> None:
+def delete_orphan_contents(session: Session) -> None:
     session.execute(delete(AttachmentContent).where(
         ~exists().where(Attachment.sha256 == AttachmentContent.sha256)))
 
@@ -180,11 +178,11 @@ def _delete_orphan_contents(session: Session) -> None:
 def delete_ticket_raw(session: Session, ticket_id: int) -> dict[str, int]:
     """Raw inbound mail, attachments and rendered outbound bytes of one ticket; the texts stay."""
     inbound_ids = select(InboundMessage.id).where(InboundMessage.ticket_id == ticket_id).scalar_subquery()
-    raw = _rowcount(session.execute(delete(RawMessage).where(RawMessage.inbound_id.in_(inbound_ids))))
+    raw = rowcount(session.execute(delete(RawMessage).where(RawMessage.inbound_id.in_(inbound_ids))))
     article_ids = select(Article.id).where(Article.ticket_id == ticket_id).scalar_subquery()
-    attachments = _rowcount(session.execute(delete(Attachment).where(Attachment.article_id.in_(article_ids))))
-    _delete_orphan_contents(session)
-    outbound = _rowcount(session.execute(update(OutboundMail).where(
+    attachments = rowcount(session.execute(delete(Attachment).where(Attachment.article_id.in_(article_ids))))
+    delete_orphan_contents(session)
+    outbound = rowcount(session.execute(update(OutboundMail).where(
         OutboundMail.ticket_id == ticket_id, OutboundMail.state.in_(TERMINAL_OUTBOUND),
         func.length(OutboundMail.raw) > 0).values(raw=b"")))
     return {"raw_messages": raw or 0, "attachments": attachments or 0, "outbound_bytes": outbound or 0}
@@ -257,7 +255,7 @@ def purge_ticket(session: Session, item: TicketRetention, now: dt.datetime) -> t
 
 def purge_unticketed(session: Session, inbound_ids: Sequence[int]) -> int:
     secure_delete(session)
-    return _rowcount(session.execute(delete(InboundMessage).where(InboundMessage.id.in_(inbound_ids))))
+    return rowcount(session.execute(delete(InboundMessage).where(InboundMessage.id.in_(inbound_ids))))
 
 
 def remove_outbox_files(folder: Path, message_ids: Iterable[str], address: str | None = None) -> int:
@@ -297,134 +295,3 @@ def compact(engine: Engine) -> None:
                 driver.autocommit = False
     finally:
         raw.close()
-
-
-# --- data-subject requests -------------------------------------------------------------------------
-
-
-@dataclass
-class Footprint:
-    """Where one person appears: tickets they requested, other tickets, outbound mails, intake rows."""
-
-    address: str
-    names: list[str] = field(default_factory=list)
-    requested: list[int] = field(default_factory=list)
-    involved: list[int] = field(default_factory=list)
-    outbound: list[int] = field(default_factory=list)
-    inbound: list[int] = field(default_factory=list)
-    attachments: list[str] = field(default_factory=list)
-
-    @property
-    def terms(self) -> list[str]:
-        return sorted({self.address, *(n for n in self.names if len(n) >= 3)}, key=len, reverse=True)
-
-
-def _scan_bytes(session: Session, stmt: Any, address: str) -> list[Any]:
-    """Keys of rows whose bytes mention the address (streamed in batches; raw mail is never loaded at once)."""
-    needle = address.lower().encode()
-    return [key for key, data in session.execute(stmt.execution_options(yield_per=200))
-            if data and needle in bytes(data).lower()]
-
-
-def find_person(session: Session, address: str) -> Footprint:
-    addr = address.strip().lower()
-    fp = Footprint(addr)
-    names = set(session.scalars(select(Ticket.requester_name).where(Ticket.requester == addr)))
-    names |= set(session.scalars(select(Participant.name).where(Participant.address == addr)))
-    names |= set(session.scalars(select(Article.sender_name).where(Article.sender == addr)))
-    fp.names = sorted(n for n in names if n)
-    fp.requested = list(session.scalars(select(Ticket.id).where(Ticket.requester == addr).order_by(Ticket.id)))
-    fp.inbound = sorted(set(session.scalars(select(InboundMessage.id).where(or_(
-        InboundMessage.envelope_from == addr, contains(InboundMessage.envelope_to, addr),
-        contains(InboundMessage.reason, addr))))) | set(_scan_bytes(
-            session, select(RawMessage.inbound_id, RawMessage.data), addr)))
-    fp.outbound = sorted(set(session.scalars(select(OutboundMail.id).where(OutboundMail.recipient == addr)))
-                         | set(_scan_bytes(session, select(OutboundMail.id, OutboundMail.raw), addr)))
-    fp.attachments = _scan_bytes(session, select(AttachmentContent.sha256, AttachmentContent.data), addr)
-    involved: set[int] = set()
-    for stmt in (
-        select(Participant.ticket_id).where(Participant.address == addr),
-        select(Ticket.id).where(contains(Ticket.subject, addr)),
-        select(Article.ticket_id).where(or_(Article.sender == addr, contains(Article.recipients, addr),
-                                            contains(Article.text, addr), contains(Article.subject, addr),
-                                            contains(Article.html, addr))),
-        select(Event.ticket_id).where(or_(Event.actor == addr, contains(Event.detail, addr))),
-        select(OutboundMail.ticket_id).where(OutboundMail.id.in_(fp.outbound or [-1])),
-        select(InboundMessage.ticket_id).where(InboundMessage.id.in_(fp.inbound or [-1])),
-        select(Article.ticket_id).join(Attachment, Attachment.article_id == Article.id).where(
-            Attachment.sha256.in_(fp.attachments or [""])),
-    ):
-        involved.update(i for i in session.scalars(stmt) if i is not None)
-    fp.involved = sorted(involved - set(fp.requested))
-    return fp
-
-
-@dataclass
-class Erased:
-    tickets_deleted: int = 0
-    tickets_scrubbed: int = 0
-    articles_deleted: int = 0
-    outbound_deleted: int = 0
-    outbound_bytes_cleared: int = 0
-    intake_rows_deleted: int = 0
-    raw_messages_deleted: int = 0
-    attachments_deleted: int = 0
-    outbound_message_ids: list[str] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, int]:
-        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
-
-
-def erase_person(session: Session, fp: Footprint, now: dt.datetime) -> Erased:
-    """Art. 17 within one transaction: delete what is theirs, scrub them from what stays."""
-    secure_delete(session)
-    out = Erased()
-    terms, addr = fp.terms, fp.address
-    requested = list(fp.requested)
-    # Outbound mails: to them, about their tickets, or mentioning them (a queued one would still be sent).
-    gone_outbound = set(fp.outbound) | set(session.scalars(
-        select(OutboundMail.id).where(OutboundMail.ticket_id.in_(requested or [-1]))))
-    for ob in session.scalars(select(OutboundMail).where(OutboundMail.id.in_(sorted(gone_outbound) or [-1]))):
-        out.outbound_message_ids.append(ob.message_id)
-        if ob.recipient == addr or ob.ticket_id in requested or ob.state not in TERMINAL_OUTBOUND:
-            session.delete(ob)
-            out.outbound_deleted += 1
-        else:
-            ob.raw = b""
-            out.outbound_bytes_cleared += 1
-    # Intake rows: whole rows when they belong to no surviving ticket, else only the raw bytes.
-    survivors = set(fp.involved)
-    for row in session.scalars(select(InboundMessage).where(or_(
-            InboundMessage.id.in_(fp.inbound or [-1]), InboundMessage.ticket_id.in_(requested or [-1])))):
-        if row.ticket_id in survivors:
-            out.raw_messages_deleted += _rowcount(session.execute(
-                delete(RawMessage).where(RawMessage.inbound_id == row.id)))
-            row.envelope_from = None if row.envelope_from == addr else row.envelope_from
-            row.envelope_to = [ANONYMISED if a.lower() == addr else a for a in row.envelope_to]
-            row.reason = scrub_text(row.reason, terms)
-        else:
-            session.delete(row)
-            out.intake_rows_deleted += 1
-    session.flush()
-    # Attachments whose bytes name them, wherever they hang.
-    if fp.attachments:
-        out.attachments_deleted = _rowcount(session.execute(
-            delete(Attachment).where(Attachment.sha256.in_(fp.attachments))))
-    # Their own tickets go completely (articles, attachments, participants, events cascade).
-    if requested:
-        out.tickets_deleted = _rowcount(session.execute(delete(Ticket).where(Ticket.id.in_(requested))))
-    # What they wrote into other tickets goes; everything else there is scrubbed.
-    if survivors:
-        out.articles_deleted = _rowcount(session.execute(delete(Article).where(
-            Article.ticket_id.in_(sorted(survivors)), Article.sender == addr)))
-    for ticket in session.scalars(select(Ticket).where(Ticket.id.in_(sorted(survivors) or [-1]))):
-        scrub_ticket(session, ticket, terms, addresses=[addr])
-        out.tickets_scrubbed += 1
-    for event in session.scalars(select(Event).where(Event.ticket_id.is_(None), or_(
-            Event.actor == addr, contains(Event.detail, addr)))):
-        event.actor = ANONYMISED if event.actor == addr else event.actor
-        event.detail = scrub_json(event.detail, terms)
-    _delete_orphan_contents(session)
-    # The record of the erasure names no one: counts only.
-    session.add(Event(type="person_erased", actor="cli", created_at=now, detail=out.as_json()))
-    return out

@@ -33,7 +33,8 @@ from mail2ticket.db.models import (
     Participant,
     Ticket,
 )
-from mail2ticket.retention import Footprint, compact, erase_person, find_person, remove_outbox_files
+from mail2ticket.erasure import Footprint, erase_person, find_person
+from mail2ticket.retention import compact, remove_outbox_files
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
