@@ -17,7 +17,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from bench.routing import rule_set
-from mail2ticket.config.model import Config, Pattern, RuleConfig
+from mail2ticket.config.model import Config
+from mail2ticket.config.rules import Pattern, RuleConfig
 from mail2ticket.parse import ParsedMail, parse
 from mail2ticket.rules import BODY_MATCH_LIMIT, MailFacts, Router, normalize
 

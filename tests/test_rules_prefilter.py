@@ -8,7 +8,7 @@ import string
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from mail2ticket.config.model import Pattern
+from mail2ticket.config.rules import Pattern
 from mail2ticket.rules_prefilter import fold, literal_requirements
 
 

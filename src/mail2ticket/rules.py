@@ -18,7 +18,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from mail2ticket.config.model import Config, Pattern, RuleConfig
+from mail2ticket.config.model import Config
+from mail2ticket.config.rules import Pattern, RuleConfig
 from mail2ticket.parse import ParsedMail
 from mail2ticket.rules_prefilter import SEPARATOR, Prefilter, fold, pattern_regex
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mail2ticket.config.model import Pattern, RuleMatch
+from mail2ticket.config.rules import Pattern, RuleMatch
 
 _parser: Any = importlib.import_module("re._parser")
 _const: Any = importlib.import_module("re._constants")

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from mail2ticket.config.model import Config, RulesFile
+from mail2ticket.config.model import Config
+from mail2ticket.config.rules import RulesFile
 
 M = TypeVar("M", bound=BaseModel)
 ENV_CONFIG = "MAIL2TICKET_CONFIG"
