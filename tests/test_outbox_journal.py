@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from mail2ticket.outbox.journal import DeliveryJournal, Sent
-from tests.support.app import App, wait_until
+from tests.support.app import App, free_port, wait_until
+from tests.support.http_get import get, sample
 from tests.support.mails import citizen_mail
 from tests.support.smtp_sink import SmtpSink
 
@@ -143,19 +144,34 @@ def test_a_short_write_on_a_full_disk_is_an_error_and_leaves_no_torn_line(tmp_pa
     assert "entries: [1, 3]" in out.stdout
 
 
-def test_acks_of_several_full_batches_are_all_recorded_once_and_the_journal_is_empty_after_stop(
+def test_acks_of_several_full_batches_are_recorded_and_counted_once_and_the_journal_is_empty_after_stop(
         app: App, smtp_sink: SmtpSink) -> None:
-    """A full batch leaves its journal lines to the next claim; the last batch and the stop fold the rest."""
+    """A full batch leaves its journal lines to the next claim; /metrics still counts every ack as sent (not as
+    deferred), and the last batch and the stop fold the rest."""
     database = _sqlite_file(app)
+    port = free_port()
     app.set("smtp_out", delivery="smtp", host=smtp_sink.host, port=smtp_sink.port)
-    daemon = app.start()
+    app.set("operations", http_enabled=True, http_listen=f"127.0.0.1:{port}", status_interval=0.2)
+    # Each outbox step waits 1 s first, so all 25 acks are queued when it claims: batches of 10, 10 and 5.
+    daemon = app.start(env={"M2T_FAILPOINT": "outbox.step:sleep=1"})
     try:
         for i in range(25):
             daemon.send(citizen_mail(sender=f"Bürger {i} <buerger{i}@example.org>",
                                      message_id=f"<batch-{i}@example.org>"))
         smtp_sink.wait_for(25, timeout=60)
+
+        def counted() -> str | None:
+            _, text = get(f"http://127.0.0.1:{port}/metrics")
+            return text if sample(text, "mail2ticket_mails_sent_total", queue="buergerbuero", template="ack") == 25 else None
+
+        try:
+            metrics = wait_until(counted, timeout=20, message="25 acks counted as sent")
+        except AssertionError:
+            raise AssertionError(get(f"http://127.0.0.1:{port}/metrics")[1]) from None
     finally:
         daemon.stop()
+    assert sample(metrics, "mail2ticket_mails_deferred_total", queue="buergerbuero", template="ack") == 0
+    assert sample(metrics, "mail2ticket_ticket_to_ack_seconds_count", queue="buergerbuero") == 25
     assert [row["state"] for row in app.json("outbox", "list", "--all")] == ["sent"] * 25
     assert sorted(m.msg["In-Reply-To"] for m in smtp_sink.messages) == sorted(
         f"<batch-{i}@example.org>" for i in range(25))

@@ -153,13 +153,15 @@ class Daemon:
         return True
 
     def _outbox_step(self) -> bool:
-        self.deliverer.handled.clear()
         count = self.outbox.run_once()
-        if self.deliverer.handled:
+        if handled := self.deliverer.handled:
+            later: set[str] = set()
             with contextlib.suppress(Exception):
                 with read_only(self.services.factory) as session:
-                    infos = delivered_info(session, list(self.deliverer.handled))
-                count_delivered(self.metrics, infos)
+                    infos = delivered_info(session, list(handled))
+                later = count_delivered(self.metrics, infos, journaled=self.outbox.journal is not None
+                                        and self.outbox.journal.pending())
+            handled[:] = [message_id for message_id in handled if message_id in later]
         return count > 0
 
     def _outbox_idle_wait(self) -> float:
@@ -215,8 +217,10 @@ class Daemon:
             while self.handler.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):  # the journal keeps the lines; the next start folds them otherwise
+        try:
             await asyncio.to_thread(self.outbox.fold_journal)
+        except Exception as exc:  # noqa: BLE001 - the journal keeps the lines, and the next start folds them
+            log.warning("outbox_journal_fold_failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
         await asyncio.to_thread(self.processor.close)  # ends its parse-ahead stream before the services close
         self.intake_pool.shutdown(wait=True)
         self.committer.close(timeout=30)

@@ -180,6 +180,7 @@ def processed_infos(session: Session, inbound_ids: list[int]) -> dict[int, Proce
 
 @dataclass(frozen=True)
 class DeliveredInfo:
+    message_id: str
     state: OutboundState
     template: str
     queue: str
@@ -192,15 +193,15 @@ def delivered_info(session: Session, message_ids: list[str]) -> list[DeliveredIn
     if not message_ids:
         return []
     rows = session.execute(
-        select(OutboundMail.state, OutboundMail.template, OutboundMail.dedupe_key, OutboundMail.sent_at,
-               Ticket.queue, Ticket.created_at)
+        select(OutboundMail.message_id, OutboundMail.state, OutboundMail.template, OutboundMail.dedupe_key,
+               OutboundMail.sent_at, Ticket.queue, Ticket.created_at)
         .outerjoin(Ticket, Ticket.id == OutboundMail.ticket_id)
         .where(OutboundMail.message_id.in_(message_ids))
     ).all()
     out = []
-    for state, template, dedupe_key, sent_at, queue, created_at in rows:
+    for message_id, state, template, dedupe_key, sent_at, queue, created_at in rows:
         latency = (sent_at - created_at).total_seconds() if sent_at and created_at else None
-        out.append(DeliveredInfo(state, template, queue or "none", dedupe_key.startswith("ack:"), latency))
+        out.append(DeliveredInfo(message_id, state, template, queue or "none", dedupe_key.startswith("ack:"), latency))
     return out
 
 
@@ -218,9 +219,14 @@ def count_processed(metrics: Metrics, state: InboundState, info: ProcessedInfo) 
         metrics.deferred.labels(info.mailbox).inc()
 
 
-def count_delivered(metrics: Metrics, infos: list[DeliveredInfo]) -> None:
+def count_delivered(metrics: Metrics, infos: list[DeliveredInfo], *, journaled: bool = False) -> set[str]:
+    """Count the mails the outbox handled. With lines in the delivery journal, a mail still `sending` was sent in a
+    full batch whose lines the next claim folds: it is not counted, and its Message-ID is returned to count later."""
+    later: set[str] = set()
     for info in infos:
-        if info.state == OutboundState.SENT:
+        if journaled and info.state == OutboundState.SENDING:
+            later.add(info.message_id)
+        elif info.state == OutboundState.SENT:
             metrics.sent.labels(info.queue, info.template).inc()
             if info.is_ack and info.ticket_to_send is not None:
                 metrics.ticket_to_ack.labels(info.queue).observe(max(0.0, info.ticket_to_send))
@@ -228,3 +234,4 @@ def count_delivered(metrics: Metrics, infos: list[DeliveredInfo]) -> None:
             metrics.failed.labels(info.queue, info.template).inc()
         else:
             metrics.send_retries.labels(info.queue, info.template).inc()
+    return later

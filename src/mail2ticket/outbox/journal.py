@@ -5,7 +5,8 @@ A sent mail must be recorded durably before the next one is sent, so that a cras
 lock, each waited for a processing run to yield it: during a backlog the outbox sent 15-20 mails/s while the
 acknowledgements piled up. The journal is a file beside the database, written only by the outbox worker: one
 line per sent mail, synced before the next send. The worker folds the lines into the database (state `sent`, a
-`mail_sent` event) once per batch, and at start-up before it claims anything, then empties the file.
+`mail_sent` event) once per batch (after a full batch in the next claim's transaction), at start-up before it
+claims anything, and when the daemon stops, then empties the file.
 
 Folding is idempotent: a line whose row is no longer `sending` under the owner named in the line (already
 folded, or taken over after its lease ran out) changes nothing. A line torn by a crash has no line end and is

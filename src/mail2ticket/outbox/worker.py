@@ -13,7 +13,8 @@ A claimed batch is sent row by row through the one deliverer, so with SMTP it sh
 (see `outbox.deliver.SmtpDeliverer`), and each row's result is recorded durably right after its own send: a
 crash between send and record can double at most that one mail (T20). A sent mail is recorded in the database
 in its own commit, or, on SQLite, in the delivery journal (`outbox.journal`), which is folded into the database
-once per batch, so that the outbox does not wait for the single write lock once per mail. The daemon wakes
+once per batch (by the next batch's claim, after a full one), so that the outbox does not wait for the single
+write lock once per mail. The daemon wakes
 this worker after every processed message; otherwise it sleeps until the next row is due.
 """
 
