@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from mail2ticket.classify import classify
 from mail2ticket.outcomes import Quarantine
-from mail2ticket.parse import Limits, longest_line, parse
+from mail2ticket.parse import Limits, parse
+from mail2ticket.parse_precheck import longest_line
 from mail2ticket.parse_guard import ParseGuard
 
 HEAD = b"From: Erika <erika@example.org>\nTo: buergerbuero@stadt.example\nSubject: Test\nMessage-ID: <h@example.org>\n"

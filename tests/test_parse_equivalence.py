@@ -26,7 +26,8 @@ from mail2ticket import _bounce
 from mail2ticket._header_memo import MAX_ENTRIES, MAX_VALUE_CHARS, MemoPolicy, new_policy
 from mail2ticket.classify import DEFAULT_NOREPLY_PATTERNS
 from mail2ticket.outcomes import Quarantine
-from mail2ticket.parse import Limits, _may_have_line_over, longest_line, parse, parse_reference
+from mail2ticket.parse import Limits, parse, parse_reference
+from mail2ticket.parse_precheck import longest_line, may_have_line_over
 from mail2ticket.parse_guard import Analysed, ParseJob, analyse
 from tests.support.corpus import all_corpus_mails
 
@@ -271,7 +272,7 @@ def test_header_field_index_equals_raw_headers_on_the_corpora(corpus_mails: list
        limit=st.integers(min_value=-2, max_value=12))
 def test_the_line_length_precheck_never_misses_a_long_line(raw: bytes, limit: int) -> None:
     """Whenever a line is longer than the limit, the block scan says so (and the exact count decides)."""
-    assert _may_have_line_over(raw, limit) or longest_line(raw) <= limit
+    assert may_have_line_over(raw, limit) or longest_line(raw) <= limit
 
 
 @settings(max_examples=500, deadline=None)
