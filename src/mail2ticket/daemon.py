@@ -159,8 +159,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 with read_only(self.services.factory) as session:
                     infos = delivered_info(session, list(handled))
-                later = count_delivered(self.metrics, infos, journaled=self.outbox.journal is not None
-                                        and self.outbox.journal.pending())
+                later = count_delivered(self.metrics, infos, journaled=self.outbox.journal_pending())
             handled[:] = [message_id for message_id in handled if message_id in later]
         return count > 0
 

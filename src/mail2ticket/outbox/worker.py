@@ -14,8 +14,8 @@ A claimed batch is sent row by row through the one deliverer, so with SMTP it sh
 crash between send and record can double at most that one mail (T20). A sent mail is recorded in the database
 in its own commit, or, on SQLite, in the delivery journal (`outbox.journal`), which is folded into the database
 once per batch (by the next batch's claim, after a full one), so that the outbox does not wait for the single
-write lock once per mail. The daemon wakes
-this worker after every processed message; otherwise it sleeps until the next row is due.
+write lock once per mail. The daemon wakes this worker after every processed message; otherwise it sleeps until
+the next row is due.
 """
 
 from __future__ import annotations
@@ -68,14 +68,15 @@ class OutboxWorker:
         # Looking costs no write lock: the daemon wakes this worker after every processing run, and a write
         # transaction that finds nothing would still end the processing run that holds the lock.
         journal = self.journal
-        journaled = journal is not None and journal.pending()
+        journaled = self.journal_pending()
         if not journaled:
             with read_only(self.factory) as session:
                 if not repo.outbound_due(session, self.clock()):
                     return 0
         with unit_of_work(self.factory) as session:
             if journal is not None and journaled:
-                # left by a crash or a failed fold: recorded before anything is claimed, so none of it is sent again
+                # left by a full batch, a crash or a failed fold: recorded before anything is claimed, so none of
+                # it is sent again
                 record_journaled(session, journal.entries())
             claimed = [
                 (row.id, row.envelope_from, row.recipient, row.raw, row.message_id)
@@ -83,19 +84,21 @@ class OutboxWorker:
             ]
         if journal is not None and journaled:
             journal.clear()
-        full = len(claimed) == limit
         try:
             for outbound_id, envelope_from, recipient, raw, message_id in claimed:
                 self._send(outbound_id, envelope_from, recipient, raw, message_id)
         except BaseException:
-            full = False
+            self.fold_journal()
             raise
-        finally:
-            # After a full batch the caller comes back at once, and its claim folds these lines: one wait for
-            # the write lock per batch instead of two (each wait may last a processing run, >= 25 ms).
-            if journal is not None and journal.pending() and not full:
-                self.fold_journal()
+        # After a full batch the caller comes back at once, and its claim folds these lines: one wait for the
+        # write lock per batch instead of two (each wait may last a processing run, >= 25 ms).
+        if len(claimed) < limit:
+            self.fold_journal()
         return len(claimed)
+
+    def journal_pending(self) -> bool:
+        """Whether mails recorded as sent in the journal wait to be recorded in the database."""
+        return self.journal is not None and self.journal.pending()
 
     def fold_journal(self) -> None:
         """Record in the database what the journal names as sent, then empty it."""
