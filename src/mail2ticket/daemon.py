@@ -156,7 +156,7 @@ class Daemon:
         count = self.outbox.run_once()
         if handled := self.deliverer.handled:
             later: set[str] = set()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # a failed read loses these counts, never a mail
                 with read_only(self.services.factory) as session:
                     infos = delivered_info(session, list(handled))
                 later = count_delivered(self.metrics, infos, journaled=self.outbox.journal_pending())

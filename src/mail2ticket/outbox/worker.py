@@ -20,6 +20,7 @@ the next row is due.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 from collections.abc import Callable
@@ -88,7 +89,8 @@ class OutboxWorker:
             for outbound_id, envelope_from, recipient, raw, message_id in claimed:
                 self._send(outbound_id, envelope_from, recipient, raw, message_id)
         except BaseException:
-            self.fold_journal()
+            with contextlib.suppress(Exception):  # else the next claim folds them; the first error is the one to see
+                self.fold_journal()
             raise
         # After a full batch the caller comes back at once, and its claim folds these lines: one wait for the
         # write lock per batch instead of two (each wait may last a processing run, >= 25 ms).
