@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mail2ticket.addresses import envelope_address, normalize_address, parse_address_list
 from mail2ticket.headers import (
+    check_wire_message,
     format_address,
     message_id,
     serialize_checked,
@@ -560,3 +561,16 @@ def test_unsafe_character_check_is_exactly_the_category_rule() -> None:
         return ch in _LINE_BREAKS or (cat == "Cc" and ch != "\t") or cat == "Cs"
 
     assert [c for c in range(0x110000) if has_unsafe_char(chr(c)) != by_category(chr(c))] == []
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=40).map(lambda b: bytes(b"a\r\n:"[x % 4] for x in b)))
+def test_a_message_with_a_bare_cr_or_lf_is_refused_whatever_the_layout(data: bytes) -> None:
+    """The wire check refuses exactly the messages with a CR not followed by LF or an LF not after a CR."""
+    bare = re.search(rb"\r(?!\n)|(?<!\r)\n", data) is not None
+    try:
+        check_wire_message(data, [])
+        refused_as_bare = False
+    except UnsafeValue as exc:
+        refused_as_bare = "bare CR or LF" in str(exc)
+    assert refused_as_bare == bare

@@ -392,7 +392,7 @@ def serialize_checked(msg: EmailMessage) -> bytes:
 def check_wire_message(data: bytes, names: Sequence[str]) -> None:
     """The final check of serialize_checked on a message built by hand: no bare CR or LF, every header line is
     ``ftext-name:`` or a non-blank continuation, and the header names on the wire are exactly `names`."""
-    if re.search(rb"\r(?!\n)|(?<!\r)\n", data):
+    if has_bare_cr_or_lf(data):
         raise UnsafeValue("serialised message contains a bare CR or LF")
     head, sep, _ = data.partition(b"\r\n\r\n")
     if not sep:
@@ -409,3 +409,11 @@ def check_wire_message(data: bytes, names: Sequence[str]) -> None:
         found.append(field.decode("ascii"))
     if [n.lower() for n in found] != [k.lower() for k in names]:
         raise UnsafeValue("serialised header names differ from the message's headers")
+
+
+def has_bare_cr_or_lf(data: bytes) -> bool:
+    """Whether a CR is not followed by LF or an LF not preceded by CR. Each CRLF holds one CR and one LF, so the
+    three counts are equal exactly when every CR and every LF is part of a CRLF: three scans at C speed, where the
+    regex with lookarounds took 90 µs for an acknowledgement of 3 KB."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
