@@ -19,8 +19,8 @@ Python 3.11.7 lacks the fixes for two stdlib bugs, so this module does not rely 
   apply our own, stricter addr-spec check (dot-atom local part, LDH host name, IDNA 2008 A-labels via ``idna``).
 
 Generated mail is written either as an ``EmailMessage`` (:func:`set_header`, :func:`set_address`,
-:func:`serialize_checked`) or line by line (:func:`header_line`, :func:`address_line`, :func:`check_wire_message`),
-with the same checks.  The line-by-line path skips the email package on two fast paths: plain short ASCII values
+:func:`serialize_checked`) or line by line (:func:`header_line`, :func:`address_line`, and
+:func:`check_wire_message` from `wire_check`), with the same checks.  The line-by-line path skips the email package on two fast paths: plain short ASCII values
 whose wire form is provably the value itself (the checked path's bytes), and a non-ASCII display name or unstructured
 text without ``=?``, written as RFC 2047 encoded words that are safe by construction (`encoded_words`: other bytes
 than ``policy.SMTP`` folds, the same name, address and text for a recipient).
@@ -33,7 +33,6 @@ part can be *matched* (:func:`normalize_address` keeps them) but not *written* (
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from email import policy as _policy
 from email.headerregistry import Address, AddressHeader, BaseHeader
 from email.message import EmailMessage
@@ -44,6 +43,7 @@ from typing import Any
 from mail2ticket import encoded_words
 from mail2ticket.addresses import domain_to_ascii, parse_list, split_addr_spec
 from mail2ticket.safe_text import _ENCODED_WORD_START, UnsafeValue, clean_text, defang_encoded_words, has_unsafe_char
+from mail2ticket.wire_check import FTEXT_RE, check_wire_message
 
 __all__ = [
     "address_line",
@@ -59,7 +59,6 @@ __all__ = [
 
 MAX_HEADER_VALUE_LEN = 16_384  # far above any sane generated header; bounds folding work
 
-_FTEXT_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")  # RFC 5322 field name; 76 so "Name: " fits in 78
 _MSGID_UNIQUE_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 
 _SMTP = _policy.SMTP
@@ -126,7 +125,7 @@ def set_header(msg: EmailMessage, name: str, value: str) -> None:
 
 
 def _check_name_and_value(name: str, value: str) -> None:
-    if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
+    if not isinstance(name, str) or not FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
     if not isinstance(value, str) or has_unsafe_char(value):
         raise UnsafeValue(f"{name}: value contains CR, LF, NUL or another control character")
@@ -199,7 +198,7 @@ def header_line(name: str, value: str) -> str:
     guarantees of set_header: same checks, and the bytes ``set_header`` + ``serialize_checked`` would write, except
     that non-ASCII unstructured text is written as encoded words of the same meaning (`encoded_words`).
     Raises UnsafeValue like set_header."""
-    if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
+    if not isinstance(name, str) or not FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
     if isinstance(value, str):
         if _verbatim(name, value):
@@ -224,7 +223,7 @@ def address_line(name: str, display_name: str | None, addr: str) -> str:
 
 
 def _address_line(name: str, display_name: str | None, addr: str) -> str:
-    if not isinstance(name, str) or not _FTEXT_RE.fullmatch(name):
+    if not isinstance(name, str) or not FTEXT_RE.fullmatch(name):
         raise UnsafeValue(f"invalid header name {name!r}")
     parts = split_addr_spec(addr, ascii_local=True) if isinstance(addr, str) else None
     if parts is not None:
@@ -387,33 +386,3 @@ def serialize_checked(msg: EmailMessage) -> bytes:
     data = msg.as_bytes(policy=_SMTP)
     check_wire_message(data, msg.keys())
     return data
-
-
-def check_wire_message(data: bytes, names: Sequence[str]) -> None:
-    """The final check of serialize_checked on a message built by hand: no bare CR or LF, every header line is
-    ``ftext-name:`` or a non-blank continuation, and the header names on the wire are exactly `names`."""
-    if has_bare_cr_or_lf(data):
-        raise UnsafeValue("serialised message contains a bare CR or LF")
-    head, sep, _ = data.partition(b"\r\n\r\n")
-    if not sep:
-        head = data[:-2] if data.endswith(b"\r\n") else data
-    found: list[str] = []
-    for line in head.split(b"\r\n") if head else []:
-        if line[:1] in (b" ", b"\t"):
-            if not found or not line.strip(b" \t"):
-                raise UnsafeValue("serialised message has a stray or blank continuation line")
-            continue
-        field, colon, _ = line.partition(b":")
-        if not colon or not _FTEXT_RE.fullmatch(field.decode("latin-1")):
-            raise UnsafeValue("serialised message has a malformed header line")
-        found.append(field.decode("ascii"))
-    if [n.lower() for n in found] != [k.lower() for k in names]:
-        raise UnsafeValue("serialised header names differ from the message's headers")
-
-
-def has_bare_cr_or_lf(data: bytes) -> bool:
-    """Whether a CR is not followed by LF or an LF not preceded by CR. Each CRLF holds one CR and one LF, so the
-    three counts are equal exactly when every CR and every LF is part of a CRLF: three scans at C speed, where the
-    regex with lookarounds took 90 µs for an acknowledgement of 3 KB."""
-    crlf = data.count(b"\r\n")
-    return data.count(b"\r") != crlf or data.count(b"\n") != crlf
