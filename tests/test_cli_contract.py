@@ -96,6 +96,17 @@ def test_ingest_from_stdin_and_exit_codes(app: App) -> None:
     assert len(app.json("tickets", "list")) == 1
 
 
+def test_ingest_warns_exactly_when_processing_quarantines_as_not_mail(app: App) -> None:
+    """The warning of `ingest` is the verdict processing reaches: a first line that is no header field (a space
+    in the field name) is quarantined, and a mail saved with a byte order mark is not."""
+    bad_name = app.cli("ingest", stdin=b"Sub ject: Hallo\r\n\r\nText\r\n", check=False)
+    assert "not an email message; kept in quarantine" in bad_name.stderr
+    with_bom = app.cli("ingest", stdin=b"\xef\xbb\xbf" + citizen_mail(message_id="<bom@example.org>"), check=False)
+    assert with_bom.returncode == 0 and "kept in quarantine" not in with_bom.stderr
+    assert [q["reason"] for q in app.json("quarantine", "list")] == [
+        "not an email message: it does not start with a header field"]
+
+
 def test_set_status_changes_status_and_records_event(app: App, tmp_path: Path) -> None:
     """`tickets set-status` changes the status, records who did it, and refuses unknown statuses with a list."""
     app.cli("ingest", str(write(tmp_path, "e.eml", citizen_mail())))

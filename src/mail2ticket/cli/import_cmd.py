@@ -34,11 +34,11 @@ from mail2ticket.cli.common import (
     open_services,
     print_json,
 )
-from mail2ticket.cli.ingest_cmd import looks_like_mail
 from mail2ticket.db.models import InboundState
 from mail2ticket.handoff import produced_ahead
 from mail2ticket.ingress.files import InputError, RawInput, count_inputs, iter_inputs
 from mail2ticket.intake import Envelope, Prepared, prepare, store_many
+from mail2ticket.parse_precheck import looks_like_mail
 from mail2ticket.pipeline.process import Processor, Result
 from mail2ticket.progress import Progress
 

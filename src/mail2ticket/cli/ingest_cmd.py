@@ -19,7 +19,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from mail2ticket.cli.common import EX_DATAERR, EX_NOINPUT, EX_OK, EX_TEMPFAIL, load, open_services, print_json
 from mail2ticket.ingress.files import InputError, iter_inputs
-from mail2ticket.intake import Envelope, split_head, store
+from mail2ticket.intake import Envelope, store
+from mail2ticket.parse_precheck import looks_like_mail
 from mail2ticket.pipeline.process import Processor
 
 log = structlog.get_logger("mail2ticket.ingest")
@@ -34,12 +35,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest.add_argument("--queue-only", action="store_true", help="only store; the running daemon processes")
     ingest.add_argument("--json", action="store_true", help="print one result object per message")
     ingest.set_defaults(func=cmd_ingest)
-
-
-def looks_like_mail(raw: bytes) -> bool:
-    head, _ = split_head(raw)
-    first = head.split(b"\n", 1)[0]
-    return bool(raw.strip()) and b":" in first and not first[:1].isspace()
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -187,10 +187,6 @@ def outbound_count(session: Session, ticket_id: int) -> int:
     return session.scalar(select(func.count()).select_from(OutboundMail).where(OutboundMail.ticket_id == ticket_id)) or 0
 
 
-def outbound_for_article(session: Session, article_id: int) -> list[OutboundMail]:
-    return list(session.scalars(select(OutboundMail).where(OutboundMail.article_id == article_id)))
-
-
 def outbound_rows(session: Session, ticket_id: int) -> list[OutboundMail]:
     return list(session.scalars(select(OutboundMail).where(OutboundMail.ticket_id == ticket_id).order_by(OutboundMail.id)))
 

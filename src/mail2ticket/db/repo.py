@@ -119,10 +119,6 @@ def lock_waiting_inbound(session: Session, inbound_id: int) -> InboundMessage | 
     return session.scalar(stmt)
 
 
-def inbound_backlog(session: Session) -> int:
-    return session.scalar(select(func.count()).where(InboundMessage.state == InboundState.NEW)) or 0
-
-
 def get_inbound(session: Session, inbound_id: int, *, with_raw: bool = False) -> InboundMessage | None:
     stmt = select(InboundMessage).where(InboundMessage.id == inbound_id)
     if with_raw:
@@ -384,12 +380,6 @@ def next_outbound_due(session: Session) -> dt.datetime | None:
     return session.scalar(
         select(func.min(OutboundMail.next_attempt_at)).where(OutboundMail.state == OutboundState.QUEUED)
     )
-
-
-def outbound_backlog(session: Session) -> int:
-    return session.scalar(
-        select(func.count()).where(OutboundMail.state.in_((OutboundState.QUEUED, OutboundState.SENDING)))
-    ) or 0
 
 
 def outbound_by_message_id(session: Session, message_id: str) -> OutboundMail | None:
