@@ -10,15 +10,18 @@ backlog of large mails never read ahead further than the batch's byte budget.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+import structlog
+from structlog.testing import capture_logs
+from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from mail2ticket.cli.common import open_services
@@ -202,3 +205,40 @@ def test_a_failing_refill_ends_the_stream_and_the_next_one_goes_on(app: App, tmp
 
     assert failures and sorted(r.inbound_id for batch in batches for r in batch) == list(range(1, 11))
     assert sql(app, "SELECT state, count(*) FROM inbound_message GROUP BY state") == [("done", 10)]
+
+
+@contextmanager
+def info_lines() -> Iterator[list[MutableMapping[str, Any]]]:
+    """The log lines from INFO up, whatever level an earlier in-process CLI command configured."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**saved)
+
+
+def test_a_run_whose_commit_fails_logs_its_messages_as_deferred_not_processed(app: App, tmp_path: Path) -> None:
+    """The log tells what was stored: when the commit of a processing run fails, its messages are logged as
+    deferred, and each is logged as processed once, when a later run commits it."""
+    store(app, tmp_path, "mails", [citizen_mail(subject=f"Anfrage {i}", sender=f"b{i}@example.org")
+                                   for i in range(3)])
+    failed: list[bool] = []
+
+    def fail_first_commit(_conn: Any) -> None:
+        if not failed:
+            failed.append(True)
+            raise OperationalError("COMMIT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    with processor_of(app) as processor, info_lines() as logs:
+        event.listen(processor.services.engine, "commit", fail_first_commit)
+        first = processor.process_batch()
+        sql(app, "UPDATE inbound_message SET not_before = NULL")  # due again now, not after the backoff
+        process_all(processor)
+
+    deferred = sorted(r.inbound_id for r in first if r.reason == "deferred: OperationalError")
+    assert failed and deferred
+    assert sorted(line["inbound_id"] for line in logs if line["event"] == "processing_deferred") == deferred
+    assert sorted(line["inbound_id"] for line in logs if line["event"] == "message_processed") == [1, 2, 3]
+    assert sql(app, "SELECT state, count(*) FROM inbound_message GROUP BY state") == [("done", 3)]

@@ -42,10 +42,11 @@ transaction: acknowledgements are outbox rows, sent after the commit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,7 @@ class Processor:
         self._defects: list[str] | None = None
         self._kind: str | None = None
         self._stream = Stream(services.factory, services.clock, self._parse_ahead, max_bytes=BATCH_BYTES)
+        self._outcome_lines: list[tuple[Callable[..., Any], str, dict[str, Any]]] = []
 
     def start_workers(self, *, wait: bool = False) -> None:
         """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
@@ -211,7 +213,7 @@ class Processor:
         stored: list[Result] = []
         following: Prepared | NotReady | None = None
         try:
-            with unit_of_work(self.services.factory) as session:
+            with self._transaction() as session:
                 started = time.monotonic()  # once the write lock is ours
                 rows: dict[int, InboundMessage] = {}
                 item = first
@@ -245,7 +247,7 @@ class Processor:
         started: list[int] = []
         results: list[Result] = []
         try:
-            with unit_of_work(self.services.factory) as session:
+            with self._transaction() as session:
                 run = repo.waiting_inbound(session, now, limit=limit, max_bytes=BATCH_BYTES, only=only, claim=True)
                 if not run:
                     return []
@@ -276,7 +278,7 @@ class Processor:
             results.append(self._defer(culprit, cause))
             return results
         log.error("processing_failed", inbound_id=culprit, exc_info=cause)
-        with unit_of_work(self.services.factory) as session:
+        with self._transaction() as session:
             result = self._finish(session, culprit, InboundState.QUARANTINED, f"internal error: {type(cause).__name__}")
         results.append(result or Result(culprit, InboundState.DONE, reason="finished elsewhere"))
         return results
@@ -310,6 +312,20 @@ class Processor:
 
     # --- outcomes ---------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A unit of work whose outcome lines (`_log`) are written once it has committed, and outside SQLite's
+        write lock: a run whose commit fails stored nothing, so its messages are logged as deferred, not done."""
+        self._outcome_lines = []
+        with unit_of_work(self.services.factory) as session:
+            yield session
+        lines, self._outcome_lines = self._outcome_lines, []
+        for write, event, fields in lines:
+            write(event, **fields)
+
+    def _log(self, write: Callable[..., Any], event: str, **fields: Any) -> None:
+        self._outcome_lines.append((write, event, fields))
+
     def _finish(self, session: Session, inbound_id: int, state: InboundState, reason: str) -> Result | None:
         row = repo.lock_waiting_inbound(session, inbound_id)
         if row is None:
@@ -323,8 +339,8 @@ class Processor:
         if self._kind is not None:
             row.classification = self._kind
         repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
-        level = log.warning if state == InboundState.QUARANTINED else log.info
-        level("message_" + state.value, inbound_id=inbound_id, reason=reason)
+        self._log(log.warning if state == InboundState.QUARANTINED else log.info, "message_" + state.value,
+                  inbound_id=inbound_id, reason=reason)
         return Result(inbound_id, state, reason=reason)
 
     def _postpone(self, session: Session, inbound_id: int, exc: Exception) -> Result | None:
@@ -338,12 +354,12 @@ class Processor:
             row.reason = f"gave up after {row.attempts} transient errors: {type(exc).__name__}"
         else:
             row.not_before = self.services.clock() + dt.timedelta(seconds=min(300, 2**row.attempts))
-        log.warning("processing_deferred", inbound_id=inbound_id, error=type(exc).__name__)
+        self._log(log.warning, "processing_deferred", inbound_id=inbound_id, error=type(exc).__name__)
         return Result(inbound_id, InboundState.NEW, reason=f"deferred: {type(exc).__name__}")
 
     def _defer(self, inbound_id: int, exc: Exception) -> Result:
         """`_postpone` in a transaction of its own, after the run's transaction failed."""
-        with unit_of_work(self.services.factory) as session:
+        with self._transaction() as session:
             result = self._postpone(session, inbound_id, exc)
         return result or Result(inbound_id, InboundState.DONE, reason="finished elsewhere")
 
@@ -364,13 +380,13 @@ class Processor:
             self._record(session, inbound, InboundState.IGNORED, now, reason=handled.reason[:2000],
                          ticket_id=handled.ticket_id)
             repo.add_event(session, "message_ignored", inbound_id=inbound.id, reason=handled.reason[:500])
-            bound.info("message_ignored", reason=handled.reason, classification=classification.kind)
+            self._log(bound.info, "message_ignored", reason=handled.reason, classification=classification.kind)
             return Result(inbound.id, InboundState.IGNORED, reason=handled.reason)
         ticket, outcome = conversation.handle(session, runtime, inbound, parsed, classification, now)
         self._record(session, inbound, InboundState.DONE, now, ticket_id=ticket.id)
         failpoint("process.before_commit")
-        bound.info("message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
-                   classification=classification.kind)
+        self._log(bound.info, "message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
+                  classification=classification.kind)
         return Result(inbound.id, InboundState.DONE, ticket.number)
 
     def _record(self, session: Session, inbound: InboundMessage, state: InboundState, now: dt.datetime,
