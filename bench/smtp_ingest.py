@@ -17,9 +17,12 @@ sink in its own process. K smtplib clients on persistent connections send N corp
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.support.http_get import get
 
 from bench.clients import Sent, send_all, send_paced
 from bench.corpus import CorpusMail, generate, mix
@@ -29,6 +32,7 @@ from bench.harness import (
     Outcome,
     StateProbe,
     cpu_seconds,
+    free_port,
     make_app,
     median,
     percentile,
@@ -70,8 +74,26 @@ def _daemon(ctx: Ctx, work: Path, database_url: str, sink_port: int,
     app.set("smtp_out", delivery="smtp", host="127.0.0.1", port=sink_port, security="none",
             retry_initial_seconds=1, retry_max_seconds=2)
     app.set("smtp_in", max_connections=200)
+    app.set("operations", http_enabled=True, http_listen=f"127.0.0.1:{free_port()}")
     daemon = app.start(env=env)
     return app, daemon
+
+
+_LOCK_HELD = re.compile(r'mail2ticket_sqlite_write_lock_held_seconds_total\{holder="([^"]*)"\} (\S+)')
+
+
+def _write_lock_held(app: Any) -> dict[str, float]:
+    """Seconds each kind of the daemon's threads has held SQLite's write lock so far (its /metrics; {} on
+    PostgreSQL)."""
+    _, text = get(f"http://{app.sections['operations']['http_listen']}/metrics")
+    return {m.group(1): float(m.group(2)) for m in map(_LOCK_HELD.fullmatch, text.splitlines()) if m}
+
+
+def _lock_shares(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """The share of `seconds` each kind of thread held the write lock, and `busy`, their sum."""
+    shares = {kind: rounded((held - before.get(kind, 0.0)) / seconds) for kind, held in after.items()
+              if held > before.get(kind, 0.0)}
+    return {**shares, "busy": rounded(sum(shares.values()))}
 
 
 def _intake_round(ctx: Ctx, mails: list[CorpusMail], k: int) -> dict[str, Any]:
@@ -118,6 +140,7 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
             probe = StateProbe(url)
             try:
                 spy = start_spy(daemon.proc.pid, profile)
+                lock0 = _write_lock_held(app)
                 cpu0, tree0 = cpu_seconds(daemon.proc.pid), tree_cpu_seconds(daemon.proc.pid)
                 sink0, driver0 = tree_cpu_seconds(sink.pid), time.process_time()
                 start = time.monotonic()
@@ -128,6 +151,7 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
                 budget = _cpu_budget(len(mails), cpu, tree_cpu_seconds(daemon.proc.pid) - tree0,
                                      tree_cpu_seconds(sink.pid) - sink0, time.process_time() - driver0)
                 inbound = probe.inbound()
+                write_lock = _lock_shares(lock0, _write_lock_held(app), done_at - start)
             finally:
                 probe.close()
                 stop_spy(spy)
@@ -140,7 +164,7 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
         "seconds": seconds, "msg_per_s": len(mails) / seconds,
         "accept_seconds": accepted_at - start, "accept_msg_per_s": len(mails) / (accepted_at - start),
         "daemon_cpu_ms_per_msg": cpu * 1000 / len(mails), "refused": refused, "cpu_budget": budget,
-        "inbound": inbound, "outbound": outbound, **_latency_ms(sent),
+        "inbound": inbound, "outbound": outbound, "write_lock": write_lock, **_latency_ms(sent),
     }
 
 
@@ -205,6 +229,9 @@ def run(ctx: Ctx) -> Outcome:
         say(f"  round {i + 1}: daemon {result['msg_per_s']:.1f} msg/s end to end, accepted at "
             f"{result['accept_msg_per_s']:.0f} msg/s, p99 DATA→250 {result['p99_ms']} ms, "
             f"{result['daemon_cpu_ms_per_msg']:.1f} ms CPU/msg, outbound {result['outbound']}")
+        if ctx.backend.name == "sqlite":
+            say(f"  round {i + 1}: SQLite write lock held {result['write_lock'].get('busy', 0):.0%} of the round "
+                f"({', '.join(f'{k} {v:.0%}' for k, v in result['write_lock'].items() if k != 'busy')})")
         budget = result["cpu_budget"]
         say(f"  round {i + 1}: CPU per message: daemon {budget['daemon_ms']} ms, its parse workers "
             f"{budget['parse_workers_ms']} ms, ack sink {budget['sink_ms']} ms, clients {budget['clients_ms']} ms; "
@@ -231,6 +258,7 @@ def run(ctx: Ctx) -> Outcome:
         "daemon_cpu_ms_per_msg": rounded(median([r["daemon"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
         "cpu_total_ms_per_msg": rounded(median([r["daemon"]["cpu_budget"]["total_ms"] for r in out.rounds])),
         "cpu_ceiling_msg_per_s": rounded(median([r["daemon"]["cpu_budget"]["ceiling_msg_per_s"] for r in out.rounds])),
+        "write_lock_busy": rounded(median([r["daemon"]["write_lock"].get("busy", 0.0) for r in out.rounds])),
         "paced": paced_result,
         "intake_alone_msg_per_s": rounded(median([r["intake"]["msg_per_s"] for r in out.rounds])),
         "intake_alone_ratio_to_floor": rounded(median([r["intake"]["ratio_to_floor"] for r in out.rounds])),

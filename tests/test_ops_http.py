@@ -43,6 +43,11 @@ def test_metrics_and_healthz_after_traffic(app: App) -> None:
     assert sample(metrics, "mail2ticket_backlog", stage="outbox") == 0
     assert sample(metrics, "mail2ticket_stage_up", stage="process") == 1
     assert sample(metrics, "mail2ticket_database_up") == 1
+    if app.database_url.startswith("sqlite"):  # the one write lock, and who held it
+        assert sample(metrics, "mail2ticket_sqlite_write_lock_held_seconds_total", holder="intake-commit") > 0
+        assert sample(metrics, "mail2ticket_sqlite_write_lock_held_seconds_total", holder="process") > 0
+    else:
+        assert "mail2ticket_sqlite_write_lock_held_seconds_total{" not in metrics
     assert status == 200
     health = json.loads(body)
     assert health["status"] == "ok" and health["stages"]["outbox"]["alive"] is True

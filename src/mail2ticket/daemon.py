@@ -39,7 +39,7 @@ import structlog
 
 from mail2ticket.config import ConfigError, load_config
 from mail2ticket.config.operations import OperationsConfig
-from mail2ticket.db.engine import check_durability, read_only, unit_of_work
+from mail2ticket.db.engine import check_durability, read_only, unit_of_work, write_lock_usage
 from mail2ticket.db.schema import ensure_schema
 from mail2ticket.group_commit import GroupCommitter
 from mail2ticket.http import Response, start_http
@@ -91,6 +91,7 @@ class Daemon:
         self.services = services
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
+        self.metrics.watch_write_lock(lambda: write_lock_usage(self.services.engine))
         self.stop = asyncio.Event()
         self.process_wake = asyncio.Event()
         self.outbox_wake = asyncio.Event()

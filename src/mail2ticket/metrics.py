@@ -12,9 +12,11 @@ as "smtp" when the mail came from the relay), `queue` and `classification` (huma
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import func, select
@@ -29,6 +31,7 @@ from mail2ticket.db.models import (
     OutboundState,
     Ticket,
 )
+from mail2ticket.db.write_gate import LockUsage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -86,6 +89,10 @@ class Metrics:
         self.database_up = Gauge("mail2ticket_database_up", "1 when the last status query succeeded.", registry=r)
         self.reloads = Counter("mail2ticket_reloads", "SIGHUP reloads by result.", ["result"], registry=r)
 
+    def watch_write_lock(self, usage: Callable[[], Mapping[str, LockUsage]]) -> None:
+        """Export SQLite write lock time per kind of thread, read from `usage` at every scrape."""
+        self.registry.register(_WriteLockCollector(usage))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -99,6 +106,26 @@ class Metrics:
         self.quarantine_size.set(snap.quarantined)
         self.outbox_failed.set(snap.outbound_failed)
         self.tickets_today.set(snap.tickets_today)
+
+
+class _WriteLockCollector:
+    """`rate(..._held_seconds_total[5m])` summed over holders near 1 means the write lock is what limits the
+    daemon (SQLite only; PostgreSQL locks rows and these stay empty)."""
+
+    def __init__(self, usage: Callable[[], Mapping[str, LockUsage]]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        held = CounterMetricFamily("mail2ticket_sqlite_write_lock_held_seconds",
+                                   "Time this process held SQLite's write lock, by kind of thread.", labels=["holder"])
+        waited = CounterMetricFamily("mail2ticket_sqlite_write_lock_wait_seconds",
+                                     "Time this process's writers waited for the write lock, by kind of thread.",
+                                     labels=["holder"])
+        for holder, usage in sorted(self._usage().items()):
+            held.add_metric([holder], usage.held)
+            waited.add_metric([holder], usage.waited)
+        yield held
+        yield waited
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
 from mail2ticket.db.wal_checkpoint import BACKSTOP_PAGES
-from mail2ticket.db.write_gate import WriteGate
+from mail2ticket.db.write_gate import LockUsage, WriteGate
 
 log = structlog.get_logger("mail2ticket.db")
 
@@ -103,6 +103,13 @@ def writers_waiting(engine: Engine) -> bool:
     """
     gate = _GATES.get(engine)
     return gate is not None and gate.waiting()
+
+
+def write_lock_usage(engine: Engine) -> dict[str, LockUsage]:
+    """How long this process's writers waited for and held SQLite's write lock, per kind of thread ({} on
+    PostgreSQL, where rows are locked, not the database)."""
+    gate = _GATES.get(engine)
+    return {} if gate is None else gate.usage()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

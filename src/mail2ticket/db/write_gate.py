@@ -10,14 +10,36 @@ left for other processes (the CLI, a second instance).
 A long writer (a processing run) asks `waiting()` between messages and commits early when someone queues.
 A writer that waits longer than the timeout goes on without the gate: a bug can slow writers, never stop them.
 The gate is reentrant per thread, so a unit of work opened inside another one does not wait for itself.
+
+It also counts, per kind of thread, how long writers waited for it and held it (`usage`, exported as
+`mail2ticket_sqlite_write_lock_*_seconds`): SQLite has one write lock, and when it is held nearly all the time the
+daemon can go no faster whatever the CPU does. A thread's kind is its name without the pool's number ("process_0"
+-> "process").
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+_POOL_NUMBER = re.compile(r"[_-]\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class LockUsage:
+    waited: float  # seconds, summed over the transactions of this kind of thread
+    held: float
+    transactions: int
+
+
+def thread_kind(name: str) -> str:
+    """The thread's name without its number in a pool: "process_0" -> "process", "intake-commit" stays."""
+    return _POOL_NUMBER.sub("", name)
 
 
 class WriteGate:
@@ -27,19 +49,38 @@ class WriteGate:
         self._owner: int | None = None
         self._depth = 0
         self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+        self._usage: dict[str, list[float]] = {}  # kind -> [waited, held, transactions]
 
     def waiting(self) -> bool:
         """Whether another thread waits for the gate right now."""
         return bool(self._waiters)
 
+    def usage(self) -> dict[str, LockUsage]:
+        """Waiting and holding time so far, per kind of thread."""
+        with self._mutex:
+            return {kind: LockUsage(waited, held, int(count)) for kind, (waited, held, count) in self._usage.items()}
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
+        asked = time.monotonic()
         acquired = self._acquire()
+        outermost = acquired and self._depth == 1  # only this thread changes _depth while it owns the gate
+        got = time.monotonic()
         try:
             yield
         finally:
             if acquired:
+                if outermost:
+                    self._count(asked, got, time.monotonic())
                 self._release()
+
+    def _count(self, asked: float, got: float, done: float) -> None:
+        kind = thread_kind(threading.current_thread().name)
+        with self._mutex:
+            entry = self._usage.setdefault(kind, [0.0, 0.0, 0.0])
+            entry[0] += got - asked
+            entry[1] += done - got
+            entry[2] += 1
 
     def _acquire(self) -> bool:
         me = threading.get_ident()
