@@ -117,7 +117,8 @@ class _WriteLockCollector:
 
     def collect(self) -> Iterator[Metric]:
         held = CounterMetricFamily("mail2ticket_sqlite_write_lock_held_seconds",
-                                   "Time this process held SQLite's write lock, by kind of thread.", labels=["holder"])
+                                   "Time this process's writers held SQLite's write lock (its in-process gate), "
+                                   "by kind of thread.", labels=["holder"])
         waited = CounterMetricFamily("mail2ticket_sqlite_write_lock_wait_seconds",
                                      "Time this process's writers waited for the write lock, by kind of thread.",
                                      labels=["holder"])

@@ -12,9 +12,11 @@ A writer that waits longer than the timeout goes on without the gate: a bug can 
 The gate is reentrant per thread, so a unit of work opened inside another one does not wait for itself.
 
 It also counts, per kind of thread, how long writers waited for it and held it (`usage`, exported as
-`mail2ticket_sqlite_write_lock_*_seconds`): SQLite has one write lock, and when it is held nearly all the time the
-daemon can go no faster whatever the CPU does. A thread's kind is its name without the pool's number ("process_0"
--> "process").
+`mail2ticket_sqlite_write_lock_{held,wait}_seconds_total`): SQLite has one write lock, and when it is held nearly
+all the time the daemon can go no faster whatever the CPU does. Held is from getting the gate to the end of the
+transaction, so it includes SQLite's own wait for another process at BEGIN IMMEDIATE; a writer that timed out
+counts its wait and then its transaction as held. A thread's kind is its name without the pool's number
+("process_0" -> "process").
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class WriteGate:
         self._depth = 0
         self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
         self._usage: dict[str, list[float]] = {}  # kind -> [waited, held, transactions]
+        self._nesting = threading.local()  # units of work this thread has open (only the outermost is counted)
 
     def waiting(self) -> bool:
         """Whether another thread waits for the gate right now."""
@@ -64,15 +67,19 @@ class WriteGate:
     def held(self) -> Iterator[None]:
         asked = time.monotonic()
         acquired = self._acquire()
-        outermost = acquired and self._depth == 1  # only this thread changes _depth while it owns the gate
         got = time.monotonic()
+        depth = getattr(self._nesting, "depth", 0)
+        self._nesting.depth = depth + 1
         try:
             yield
         finally:
-            if acquired:
-                if outermost:
+            self._nesting.depth = depth
+            try:
+                if depth == 0:
                     self._count(asked, got, time.monotonic())
-                self._release()
+            finally:
+                if acquired:
+                    self._release()
 
     def _count(self, asked: float, got: float, done: float) -> None:
         kind = thread_kind(threading.current_thread().name)

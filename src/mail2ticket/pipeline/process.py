@@ -314,14 +314,18 @@ class Processor:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """A unit of work whose outcome lines (`_log`) are written once it has committed, and outside SQLite's
-        write lock: a run whose commit fails stored nothing, so its messages are logged as deferred, not done."""
-        self._outcome_lines = []
-        with unit_of_work(self.services.factory) as session:
-            yield session
-        lines, self._outcome_lines = self._outcome_lines, []
+        """A unit of work whose outcome lines (`_log`) are written after its commit, outside the write lock: a run
+        whose commit fails stored nothing, its messages are logged as deferred (`processing_failed` at once)."""
+        outer, self._outcome_lines = self._outcome_lines, []
+        try:
+            with unit_of_work(self.services.factory) as session:
+                yield session
+            lines = self._outcome_lines
+        finally:
+            self._outcome_lines = outer
         for write, event, fields in lines:
-            write(event, **fields)
+            with contextlib.suppress(Exception):  # what is committed is returned and counted, logged or not
+                write(event, **fields)
 
     def _log(self, write: Callable[..., Any], event: str, **fields: Any) -> None:
         self._outcome_lines.append((write, event, fields))
