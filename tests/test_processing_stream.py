@@ -191,7 +191,7 @@ def test_the_reader_asks_for_more_once_it_has_read_all_it_was_given(app: App, tm
 def test_a_failing_refill_ends_the_stream_and_the_next_one_goes_on(app: App, tmp_path: Path, small_batches: None,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     store(app, tmp_path, "backlog", mails("anliegen", 10))
-    real, failures = repo.waiting_inbound, []
+    real, failures = repo.waiting_inbound, list[int]()
 
     def waiting_inbound(session: Any, now: Any, **kwargs: Any) -> list[int]:
         if kwargs.get("after") is not None and not failures:
