@@ -64,6 +64,7 @@ from mail2ticket.outcomes import Ignore, Quarantine
 from mail2ticket.parse import Limits
 from mail2ticket.parse_guard import Analysed, ParseGuard, ParseWorkerUnavailable
 from mail2ticket.pipeline import automated, conversation
+from mail2ticket.pipeline.outcome_lines import OutcomeLines
 from mail2ticket.pipeline.parse_ahead import NOT_READY, NotReady, ParseAhead, Prepared
 from mail2ticket.pipeline.stream import Stream
 from mail2ticket.runtime import Runtime, Services
@@ -109,7 +110,8 @@ class Processor:
         self._defects: list[str] | None = None
         self._kind: str | None = None
         self._stream = Stream(services.factory, services.clock, self._parse_ahead, max_bytes=BATCH_BYTES)
-        self._outcome_lines: list[tuple[Callable[..., Any], str, dict[str, Any]]] = []
+        self._lines = OutcomeLines()
+        self._log = self._lines.add
 
     def start_workers(self, *, wait: bool = False) -> None:
         """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
@@ -290,7 +292,7 @@ class Processor:
         """
         self._defects, self._kind = None, None
         try:
-            with savepoint(session):
+            with self._lines.rolled_back_with(), savepoint(session):
                 if inbound is None or inbound.state != InboundState.NEW:
                     return None
                 if item.error is not None:
@@ -314,21 +316,10 @@ class Processor:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """A unit of work whose outcome lines (`_log`) are written after its commit, outside the write lock: a run
-        whose commit fails stored nothing, its messages are logged as deferred (`processing_failed` at once)."""
-        outer, self._outcome_lines = self._outcome_lines, []
-        try:
-            with unit_of_work(self.services.factory) as session:
-                yield session
-            lines = self._outcome_lines
-        finally:
-            self._outcome_lines = outer
-        for write, event, fields in lines:
-            with contextlib.suppress(Exception):  # what is committed is returned and counted, logged or not
-                write(event, **fields)
-
-    def _log(self, write: Callable[..., Any], event: str, **fields: Any) -> None:
-        self._outcome_lines.append((write, event, fields))
+        """A unit of work whose outcome lines (`_log`) are written after its commit (`processing_failed`, with its
+        traceback, at once)."""
+        with self._lines.after_commit(), unit_of_work(self.services.factory) as session:
+            yield session
 
     def _finish(self, session: Session, inbound_id: int, state: InboundState, reason: str) -> Result | None:
         row = repo.lock_waiting_inbound(session, inbound_id)
