@@ -250,6 +250,29 @@ def tree_cpu_seconds(pid: int) -> float:
     return own + sum(tree_cpu_seconds(child) for child in children)
 
 
+def run_delay_seconds(pid: int, *, descendants: bool = True) -> float:
+    """Time the threads of a process (and of its live descendants) spent runnable but waiting for a CPU: the
+    kernel's run-queue delay, /proc/PID/task/TID/schedstat. 0 when the process is gone; threads that ended are
+    not counted."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        delay = sum(int((task / "schedstat").read_text().split()[1]) for task in tasks) / 1e9
+        children = [int(child) for task in tasks for child in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return 0.0
+    return delay + sum(run_delay_seconds(child) for child in children if descendants)
+
+
+def cpu_pressure_seconds() -> float | None:
+    """Seconds in which at least one runnable task of the machine waited for a CPU (Linux PSI, the `some`
+    line of /proc/pressure/cpu); None where the kernel does not report it."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return int(some.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def start_sink(mode: str, workdir: Path, *, db: Path | None = None) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Start `bench.sink` in its own process; returns (process, port, record file)."""
     record = workdir / f"sink-{mode}-{uuid.uuid4().hex[:6]}.tsv"

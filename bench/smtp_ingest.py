@@ -12,6 +12,9 @@ sink in its own process. K smtplib clients on persistent connections send N corp
   `process.step:sleep`), so the listener and the intake group commit are measured without processing
   competing for the CPU and SQLite's write lock; accept rate, DATA→250 and CPU per message, and the ratio
   of the accept rate to the floor of the same round.
+- Where the time goes: per end-to-end round, the share of it each kind of the daemon's threads held SQLite's
+  write lock (its /metrics), the CPU per message of every process, and how long the daemon's threads and parse
+  workers were ready to run but waited for a CPU (the kernel's run-queue delay; Linux PSI for the machine).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from bench.harness import (
     Ctx,
     Outcome,
     StateProbe,
+    cpu_pressure_seconds,
     cpu_seconds,
     free_port,
     make_app,
@@ -38,6 +42,7 @@ from bench.harness import (
     percentile,
     read_records,
     rounded,
+    run_delay_seconds,
     say,
     start_sink,
     start_spy,
@@ -143,12 +148,14 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
                 lock0 = _write_lock_held(app)
                 cpu0, tree0 = cpu_seconds(daemon.proc.pid), tree_cpu_seconds(daemon.proc.pid)
                 sink0, driver0 = tree_cpu_seconds(sink.pid), time.process_time()
+                waits0 = _cpu_waits(daemon.proc.pid)
                 start = time.monotonic()
                 sent = send_all(app.smtp_port, mails, k)
                 accepted_at = time.monotonic()
                 done_at, outbound = _wait_drained(probe, record, len(mails), timeout=max(180, len(mails) / 5))
                 write_lock = _lock_shares(lock0, _write_lock_held(app), done_at - start)
                 cpu = cpu_seconds(daemon.proc.pid) - cpu0
+                waited = _cpu_waited(waits0, _cpu_waits(daemon.proc.pid), len(mails), done_at - start)
                 budget = _cpu_budget(len(mails), cpu, tree_cpu_seconds(daemon.proc.pid) - tree0,
                                      tree_cpu_seconds(sink.pid) - sink0, time.process_time() - driver0)
                 inbound = probe.inbound()
@@ -164,8 +171,24 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
         "seconds": seconds, "msg_per_s": len(mails) / seconds,
         "accept_seconds": accepted_at - start, "accept_msg_per_s": len(mails) / (accepted_at - start),
         "daemon_cpu_ms_per_msg": cpu * 1000 / len(mails), "refused": refused, "cpu_budget": budget,
-        "inbound": inbound, "outbound": outbound, "write_lock": write_lock, **_latency_ms(sent),
+        "inbound": inbound, "outbound": outbound, "write_lock": write_lock,
+        "cpu_wait": waited, **_latency_ms(sent),
     }
+
+
+def _cpu_waits(daemon: int) -> tuple[float, float, float | None]:
+    return run_delay_seconds(daemon, descendants=False), run_delay_seconds(daemon), cpu_pressure_seconds()
+
+
+def _cpu_waited(before: tuple[float, float, float | None], after: tuple[float, float, float | None], n: int,
+                seconds: float) -> dict[str, float | None]:
+    """How long the daemon's threads and its parse workers were ready to run but waited for a CPU, per message,
+    and the share of the round in which any task of the machine waited for one (Linux PSI). A thread that holds
+    SQLite's write lock while it waits keeps every other writer waiting too."""
+    daemon, tree = after[0] - before[0], after[1] - before[1]
+    pressure = None if after[2] is None or before[2] is None else rounded((after[2] - before[2]) / seconds)
+    return {"daemon_ms": rounded(daemon * 1000 / n), "parse_workers_ms": rounded((tree - daemon) * 1000 / n),
+            "machine_pressure": pressure}
 
 
 def _cpu_budget(n: int, daemon: float, daemon_tree: float, sink: float, clients: float) -> dict[str, float]:
@@ -237,6 +260,10 @@ def run(ctx: Ctx) -> Outcome:
             f"{budget['parse_workers_ms']} ms, ack sink {budget['sink_ms']} ms, clients {budget['clients_ms']} ms; "
             f"total {budget['total_ms']} ms → at most {budget['ceiling_msg_per_s']:.0f} msg/s on "
             f"{os.cpu_count()} cores")
+        waited = result["cpu_wait"]
+        pressure = "n/a" if waited["machine_pressure"] is None else f"{waited['machine_pressure']:.0%}"
+        say(f"  round {i + 1}: ready but waiting for a CPU, per message: daemon {waited['daemon_ms']} ms, its parse "
+            f"workers {waited['parse_workers_ms']} ms; some task of the machine waited {pressure} of the round")
         intake = _intake_round(ctx, mails, k)
         intake["ratio_to_floor"] = intake["msg_per_s"] / floor["msg_per_s"]
         say(f"  round {i + 1}: intake alone (processing parked) {intake['msg_per_s']:.0f} msg/s "
@@ -258,6 +285,7 @@ def run(ctx: Ctx) -> Outcome:
         "daemon_cpu_ms_per_msg": rounded(median([r["daemon"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
         "cpu_total_ms_per_msg": rounded(median([r["daemon"]["cpu_budget"]["total_ms"] for r in out.rounds])),
         "cpu_ceiling_msg_per_s": rounded(median([r["daemon"]["cpu_budget"]["ceiling_msg_per_s"] for r in out.rounds])),
+        "daemon_cpu_wait_ms_per_msg": rounded(median([r["daemon"]["cpu_wait"]["daemon_ms"] for r in out.rounds])),
         "write_lock_busy": rounded(median([r["daemon"]["write_lock"]["busy"] for r in out.rounds]))
         if ctx.backend.name == "sqlite" else None,
         "paced": paced_result,

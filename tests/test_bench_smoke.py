@@ -45,11 +45,15 @@ def test_processing_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_smtp_benchmark_reports_who_holds_the_write_lock(tmp_path: Path) -> None:
     """The SMTP benchmark records, from the daemon's /metrics, how much of a round each kind of thread held
-    SQLite's one write lock: the figure that shows when the lock, not the CPU, limits the rate."""
+    SQLite's one write lock, and how long the daemon waited for a CPU: the figures that show whether the lock or
+    the CPU limits the rate."""
     report = run_bench(tmp_path, "--only", "smtp", "--size", "smtp=30", "--size", "smtp_paced=20",
                        "--size", "smtp_clients=2", "--rounds", "1")
     smtp = report["results"]["sqlite"]["smtp"]  # type: ignore[index]
     lock = smtp["rounds"][0]["daemon"]["write_lock"]
     assert {"process", "intake-commit"} <= set(lock) and lock["busy"] > 0
     assert smtp["figures"]["write_lock_busy"] == lock["busy"]
+    waited = smtp["rounds"][0]["daemon"]["cpu_wait"]  # how long the daemon was ready to run without a CPU
+    assert waited["daemon_ms"] >= 0 and waited["parse_workers_ms"] >= 0
+    assert smtp["figures"]["daemon_cpu_wait_ms_per_msg"] == waited["daemon_ms"]
     assert report["failures"] == []
