@@ -250,17 +250,24 @@ def tree_cpu_seconds(pid: int) -> float:
     return own + sum(tree_cpu_seconds(child) for child in children)
 
 
-def run_delay_seconds(pid: int, *, descendants: bool = True) -> float:
-    """Time the threads of a process (and of its live descendants) spent runnable but waiting for a CPU: the
-    kernel's run-queue delay, /proc/PID/task/TID/schedstat. 0 when the process is gone; threads that ended are
-    not counted."""
+def run_delays(pid: int) -> dict[tuple[int, int], float]:
+    """Seconds each live thread of a process and of its descendants, keyed (pid, tid), has been ready to run but
+    waited for a CPU: the kernel's run-queue delay, /proc/PID/task/TID/schedstat. Threads that ended are missing
+    (compare two samples thread by thread); {} when the process is gone."""
+    delays: dict[tuple[int, int], float] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        delay = sum(int((task / "schedstat").read_text().split()[1]) for task in tasks) / 1e9
-        children = [int(child) for task in tasks for child in (task / "children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return 0.0
-    return delay + sum(run_delay_seconds(child) for child in children if descendants)
+    except OSError:
+        return delays
+    for task in tasks:
+        try:
+            delays[(pid, int(task.name))] = int((task / "schedstat").read_text().split()[1]) / 1e9
+            children = (task / "children").read_text().split()
+        except (OSError, IndexError, ValueError):  # the thread ended while it was read
+            continue
+        for child in children:
+            delays.update(run_delays(int(child)))
+    return delays
 
 
 def cpu_pressure_seconds() -> float | None:

@@ -81,7 +81,7 @@ def drain_in_process(config_path: Path, log_path: Path, profile: Path | None) ->
 
 def run(ctx: Ctx) -> Outcome:
     n = ctx.size("processing", 2000, 150)
-    rounds = ctx.rounds(5)  # a round takes seconds, and on a shared 2-core host one round's ratio spreads ±10 %
+    rounds = ctx.rounds(5)  # a round takes seconds; on a shared 2-core host one round's ratio spreads ±15 %
     mails = generate(n, ctx.seed)
     corpus_dir = ctx.dir("processing-corpus")
     mbox = corpus_dir / "corpus.mbox"

@@ -42,7 +42,7 @@ from bench.harness import (
     percentile,
     read_records,
     rounded,
-    run_delay_seconds,
+    run_delays,
     say,
     start_sink,
     start_spy,
@@ -153,9 +153,9 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
                 sent = send_all(app.smtp_port, mails, k)
                 accepted_at = time.monotonic()
                 done_at, outbound = _wait_drained(probe, record, len(mails), timeout=max(180, len(mails) / 5))
+                waited = _cpu_waited(waits0, _cpu_waits(daemon.proc.pid), len(mails), daemon.proc.pid)
                 write_lock = _lock_shares(lock0, _write_lock_held(app), done_at - start)
                 cpu = cpu_seconds(daemon.proc.pid) - cpu0
-                waited = _cpu_waited(waits0, _cpu_waits(daemon.proc.pid), len(mails), done_at - start)
                 budget = _cpu_budget(len(mails), cpu, tree_cpu_seconds(daemon.proc.pid) - tree0,
                                      tree_cpu_seconds(sink.pid) - sink0, time.process_time() - driver0)
                 inbound = probe.inbound()
@@ -176,19 +176,36 @@ def _throughput_round(ctx: Ctx, mails: list[CorpusMail], k: int, profile: Path |
     }
 
 
-def _cpu_waits(daemon: int) -> tuple[float, float, float | None]:
-    return run_delay_seconds(daemon, descendants=False), run_delay_seconds(daemon), cpu_pressure_seconds()
+_Waits = tuple[float, dict[tuple[int, int], float], float | None]  # (monotonic time, run_delays, PSI seconds)
 
 
-def _cpu_waited(before: tuple[float, float, float | None], after: tuple[float, float, float | None], n: int,
-                seconds: float) -> dict[str, float | None]:
+def _cpu_waits(daemon: int) -> _Waits:
+    return time.monotonic(), run_delays(daemon), cpu_pressure_seconds()
+
+
+def _cpu_waited(before: _Waits, after: _Waits, n: int, daemon: int) -> dict[str, float | None]:
     """How long the daemon's threads and its parse workers were ready to run but waited for a CPU, per message,
-    and the share of the round in which any task of the machine waited for one (Linux PSI). A thread that holds
-    SQLite's write lock while it waits keeps every other writer waiting too."""
-    daemon, tree = after[0] - before[0], after[1] - before[1]
-    pressure = None if after[2] is None or before[2] is None else rounded((after[2] - before[2]) / seconds)
-    return {"daemon_ms": rounded(daemon * 1000 / n), "parse_workers_ms": rounded((tree - daemon) * 1000 / n),
+    and the share of the time between the samples in which any task of the machine waited for one (Linux PSI).
+    A thread that holds SQLite's write lock while it waits keeps every other writer waiting too.
+
+    Counted thread by thread, for the threads alive at the second sample: the wait of threads that ended during
+    the round (a parse-ahead pipeline's threads, a replaced parse worker) is missing, so these are lower bounds,
+    while the CPU figures of `_cpu_budget` count every thread. None where the kernel keeps no such statistics.
+    """
+    (start, delays0, pressure0), (end, delays1, pressure1) = before, after
+    grown = {key: delay - delays0.get(key, 0.0) for key, delay in delays1.items()}
+    kept = any(delays1.values())  # a kernel without schedstats shows zeros
+    daemon_s = sum(delay for (pid, _), delay in grown.items() if pid == daemon)
+    workers_s = sum(delay for (pid, _), delay in grown.items() if pid != daemon)
+    pressure = None if pressure0 is None or pressure1 is None else rounded((pressure1 - pressure0) / (end - start))
+    return {"daemon_ms": rounded(daemon_s * 1000 / n) if kept else None,
+            "parse_workers_ms": rounded(workers_s * 1000 / n) if kept else None,
             "machine_pressure": pressure}
+
+
+def _median_known(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return rounded(median(known)) if known else None
 
 
 def _cpu_budget(n: int, daemon: float, daemon_tree: float, sink: float, clients: float) -> dict[str, float]:
@@ -262,8 +279,9 @@ def run(ctx: Ctx) -> Outcome:
             f"{os.cpu_count()} cores")
         waited = result["cpu_wait"]
         pressure = "n/a" if waited["machine_pressure"] is None else f"{waited['machine_pressure']:.0%}"
-        say(f"  round {i + 1}: ready but waiting for a CPU, per message: daemon {waited['daemon_ms']} ms, its parse "
-            f"workers {waited['parse_workers_ms']} ms; some task of the machine waited {pressure} of the round")
+        say(f"  round {i + 1}: ready but waiting for a CPU, per message (threads alive at the end): daemon "
+            f"{waited['daemon_ms']} ms, its parse workers {waited['parse_workers_ms']} ms; some task of the "
+            f"machine waited {pressure} of the round")
         intake = _intake_round(ctx, mails, k)
         intake["ratio_to_floor"] = intake["msg_per_s"] / floor["msg_per_s"]
         say(f"  round {i + 1}: intake alone (processing parked) {intake['msg_per_s']:.0f} msg/s "
@@ -285,7 +303,7 @@ def run(ctx: Ctx) -> Outcome:
         "daemon_cpu_ms_per_msg": rounded(median([r["daemon"]["daemon_cpu_ms_per_msg"] for r in out.rounds])),
         "cpu_total_ms_per_msg": rounded(median([r["daemon"]["cpu_budget"]["total_ms"] for r in out.rounds])),
         "cpu_ceiling_msg_per_s": rounded(median([r["daemon"]["cpu_budget"]["ceiling_msg_per_s"] for r in out.rounds])),
-        "daemon_cpu_wait_ms_per_msg": rounded(median([r["daemon"]["cpu_wait"]["daemon_ms"] for r in out.rounds])),
+        "daemon_cpu_wait_ms_per_msg": _median_known([r["daemon"]["cpu_wait"]["daemon_ms"] for r in out.rounds]),
         "write_lock_busy": rounded(median([r["daemon"]["write_lock"]["busy"] for r in out.rounds]))
         if ctx.backend.name == "sqlite" else None,
         "paced": paced_result,
