@@ -238,16 +238,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _children(task: Path) -> list[int]:
+    """The child processes a thread started (/proc/PID/task/TID/children); [] once the thread has ended."""
+    try:
+        return [int(child) for child in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process, its live descendants (the daemon's parse workers) and its reaped children."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for child in (task / "children").read_text().split()]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK  # utime, stime, cutime, cstime
-    return own + sum(tree_cpu_seconds(child) for child in children)
+    return own + sum(tree_cpu_seconds(child) for task in tasks for child in _children(task))
 
 
 def run_delays(pid: int) -> dict[tuple[int, int], float]:
@@ -262,11 +269,10 @@ def run_delays(pid: int) -> dict[tuple[int, int], float]:
     for task in tasks:
         try:
             delays[(pid, int(task.name))] = int((task / "schedstat").read_text().split()[1]) / 1e9
-            children = (task / "children").read_text().split()
         except (OSError, IndexError, ValueError):  # the thread ended while it was read
             continue
-        for child in children:
-            delays.update(run_delays(int(child)))
+        for child in _children(task):
+            delays.update(run_delays(child))
     return delays
 
 

@@ -20,10 +20,11 @@ Python 3.11.7 lacks the fixes for two stdlib bugs, so this module does not rely 
 
 Generated mail is written either as an ``EmailMessage`` (:func:`set_header`, :func:`set_address`,
 :func:`serialize_checked`) or line by line (:func:`header_line`, :func:`address_line`, and
-:func:`check_wire_message` from `wire_check`), with the same checks.  The line-by-line path skips the email package on two fast paths: plain short ASCII values
-whose wire form is provably the value itself (the checked path's bytes), and a non-ASCII display name or unstructured
-text without ``=?``, written as RFC 2047 encoded words that are safe by construction (`encoded_words`: other bytes
-than ``policy.SMTP`` folds, the same name, address and text for a recipient).
+:func:`check_wire_message` from `wire_check`), with the same checks.  The line-by-line path skips the email package
+on two fast paths: plain short ASCII values whose wire form is provably the value itself (the checked path's bytes),
+and a non-ASCII display name or unstructured text without ``=?``, written as RFC 2047 encoded words that are safe by
+construction (`encoded_words`: other bytes than ``policy.SMTP`` folds, the same name, address and text for a
+recipient).
 
 Generated mail is serialised with ``policy.SMTP`` (7-bit headers, no SMTPUTF8), so addresses with a non-ASCII local
 part can be *matched* (:func:`normalize_address` keeps them) but not *written* (:func:`format_address` and

@@ -51,7 +51,7 @@ class WriteGate:
         self._owner: int | None = None
         self._depth = 0
         self._waiters: collections.deque[tuple[int, threading.Lock]] = collections.deque()
-        self._usage: dict[str, list[float]] = {}  # kind -> [waited, held, transactions]
+        self._usage: dict[str, LockUsage] = {}  # by kind of thread
         self._nesting = threading.local()  # units of work this thread has open (only the outermost is counted)
 
     def waiting(self) -> bool:
@@ -61,7 +61,7 @@ class WriteGate:
     def usage(self) -> dict[str, LockUsage]:
         """Waiting and holding time so far, per kind of thread."""
         with self._mutex:
-            return {kind: LockUsage(waited, held, int(count)) for kind, (waited, held, count) in self._usage.items()}
+            return dict(self._usage)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -84,10 +84,9 @@ class WriteGate:
     def _count(self, asked: float, got: float, done: float) -> None:
         kind = thread_kind(threading.current_thread().name)
         with self._mutex:
-            entry = self._usage.setdefault(kind, [0.0, 0.0, 0.0])
-            entry[0] += got - asked
-            entry[1] += done - got
-            entry[2] += 1
+            so_far = self._usage.get(kind, LockUsage(0.0, 0.0, 0))
+            self._usage[kind] = LockUsage(so_far.waited + got - asked, so_far.held + done - got,
+                                          so_far.transactions + 1)
 
     def _acquire(self) -> bool:
         me = threading.get_ident()
