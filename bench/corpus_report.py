@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -87,8 +88,10 @@ def guard_overhead(files: list[Path]) -> tuple[float, float, int]:
     inproc: list[float] = []
     guarded: list[float] = []
     for raw in raws:
-        for sink, run in ((inproc, lambda r: analyse(ParseJob(Limits(), None, (), (), 10), r)),
-                          (guarded, lambda r: guard.analyse(r, Limits(), envelope_from=None))):
+        runners: tuple[tuple[list[float], Callable[[bytes], object]], ...] = (
+            (inproc, lambda r: analyse(ParseJob(Limits(), None, (), (), 10), r)),
+            (guarded, lambda r: guard.analyse(r, Limits(), envelope_from=None)))
+        for sink, run in runners:
             started = time.perf_counter()
             with contextlib.suppress(Quarantine):
                 run(raw)

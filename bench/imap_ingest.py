@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Dovecot(pool_size=6) as server:
             print(f"\nthroughput: {args.n} mails ({sum(map(len, mails)) / 1e6:.1f} MB) ...", flush=True)
-            result = {"throughput": throughput_run(work / "throughput", server, args.n, mails)}
+            result: dict[str, Any] = {"throughput": throughput_run(work / "throughput", server, args.n, mails)}
             print("ingress only (no processing) ...", flush=True)
             result["ingress_only"] = ingress_only_run(work / "ingress", server, mails)
             print(f"latency: {args.latency_samples} single APPENDs under IDLE ...", flush=True)

@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no {FIXTURES} under {args.corpora}", file=sys.stderr)
         return 2
     if args.languages == "all":
-        from mailparser_reply.constants import MAIL_LANGUAGES  # type: ignore[import-untyped]
+        from mailparser_reply.constants import MAIL_LANGUAGES
 
         languages: tuple[str, ...] = tuple(MAIL_LANGUAGES)
     else:

@@ -69,6 +69,7 @@ def run(ctx: Ctx) -> Outcome:
     facts_input = []
     for mail in generate(n, ctx.seed, attachments=False):
         parsed = parse(mail.raw)
+        assert parsed.msg is not None  # the corpus holds no mail the parser refuses
         kind = classify(parsed.msg, mail.mail_from, list(mail.rcpt_to)).kind
         queue = next(name for name, (address, _) in QUEUES.items() if address == mail.rcpt_to[0])
         facts_input.append((parsed, kind, (queue,)))
