@@ -111,7 +111,6 @@ class Processor:
         self._kind: str | None = None
         self._stream = Stream(services.factory, services.clock, self._parse_ahead, max_bytes=BATCH_BYTES)
         self._lines = OutcomeLines()
-        self._log = self._lines.add
 
     def start_workers(self, *, wait: bool = False) -> None:
         """Start the parse workers side by side (the daemon and the bulk commands, before the first mail); `wait`:
@@ -316,8 +315,8 @@ class Processor:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:
-        """A unit of work whose outcome lines (`_log`) are written after its commit (`processing_failed`, with its
-        traceback, at once)."""
+        """A unit of work whose outcome lines (`self._lines`) are written after its commit (`processing_failed`,
+        with its traceback, at once)."""
         with self._lines.after_commit(), unit_of_work(self.services.factory) as session:
             yield session
 
@@ -334,7 +333,7 @@ class Processor:
         if self._kind is not None:
             row.classification = self._kind
         repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
-        self._log(log.warning if state == InboundState.QUARANTINED else log.info, "message_" + state.value,
+        self._lines.add(log.warning if state == InboundState.QUARANTINED else log.info, "message_" + state.value,
                   inbound_id=inbound_id, reason=reason)
         return Result(inbound_id, state, reason=reason)
 
@@ -349,7 +348,7 @@ class Processor:
             row.reason = f"gave up after {row.attempts} transient errors: {type(exc).__name__}"
         else:
             row.not_before = self.services.clock() + dt.timedelta(seconds=min(300, 2**row.attempts))
-        self._log(log.warning, "processing_deferred", inbound_id=inbound_id, error=type(exc).__name__)
+        self._lines.add(log.warning, "processing_deferred", inbound_id=inbound_id, error=type(exc).__name__)
         return Result(inbound_id, InboundState.NEW, reason=f"deferred: {type(exc).__name__}")
 
     def _defer(self, inbound_id: int, exc: Exception) -> Result:
@@ -375,12 +374,12 @@ class Processor:
             self._record(session, inbound, InboundState.IGNORED, now, reason=handled.reason[:2000],
                          ticket_id=handled.ticket_id)
             repo.add_event(session, "message_ignored", inbound_id=inbound.id, reason=handled.reason[:500])
-            self._log(bound.info, "message_ignored", reason=handled.reason, classification=classification.kind)
+            self._lines.add(bound.info, "message_ignored", reason=handled.reason, classification=classification.kind)
             return Result(inbound.id, InboundState.IGNORED, reason=handled.reason)
         ticket, outcome = conversation.handle(session, runtime, inbound, parsed, classification, now)
         self._record(session, inbound, InboundState.DONE, now, ticket_id=ticket.id)
         failpoint("process.before_commit")
-        self._log(bound.info, "message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
+        self._lines.add(bound.info, "message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
                   classification=classification.kind)
         return Result(inbound.id, InboundState.DONE, ticket.number)
 
