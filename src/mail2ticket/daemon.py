@@ -39,7 +39,7 @@ import structlog
 
 from mail2ticket.config import ConfigError, load_config
 from mail2ticket.config.operations import OperationsConfig
-from mail2ticket.db.engine import check_durability, read_only, unit_of_work, write_lock_usage
+from mail2ticket.db.engine import check_durability, read_only, write_lock_usage
 from mail2ticket.db.schema import ensure_schema
 from mail2ticket.group_commit import GroupCommitter
 from mail2ticket.http import Response, start_http
@@ -55,7 +55,7 @@ from mail2ticket.metrics import (
     count_processed,
     delivered_info,
     processed_infos,
-    take_snapshot,
+    read_snapshot,
 )
 from mail2ticket.outbox.deliver import Deliverer, RecordingDeliverer
 from mail2ticket.outbox.journal import DeliveryJournal
@@ -289,8 +289,7 @@ class Daemon:
 
     def _take_snapshot(self) -> Snapshot:
         try:
-            with unit_of_work(self.services.factory) as session:
-                return take_snapshot(session, dt.datetime.now(dt.UTC))
+            return read_snapshot(self.services.factory, dt.datetime.now(dt.UTC))
         except Exception as exc:  # noqa: BLE001 - the status line must never take the daemon down
             log.warning("status_query_failed", error=type(exc).__name__)
             return Snapshot(ok=False)

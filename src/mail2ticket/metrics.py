@@ -20,8 +20,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from mail2ticket.db.engine import read_only
 from mail2ticket.db.models import (
     ActionState,
     ImapAction,
@@ -155,6 +156,12 @@ class Snapshot:
         if unhealthy:
             text += f"; UNHEALTHY: {', '.join(unhealthy)}"
         return text
+
+
+def read_snapshot(factory: sessionmaker[Session], now: dt.datetime) -> Snapshot:
+    """The counts of one moment (`read_only`): no writer waits for them, nor they for a writer."""
+    with read_only(factory) as session:
+        return take_snapshot(session, now)
 
 
 def take_snapshot(session: Session, now: dt.datetime) -> Snapshot:

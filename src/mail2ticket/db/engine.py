@@ -118,9 +118,17 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextlib.contextmanager
 def read_only(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A snapshot for reading: takes no write lock on SQLite; never commits (any change is rolled back)."""
+    """A snapshot for reading: takes no write lock on SQLite; never commits (any change is rolled back).
+
+    Every statement sees the same moment: SQLite's deferred read transaction does that by itself, PostgreSQL's
+    default READ COMMITTED gives each statement its own snapshot, so this asks for REPEATABLE READ there (a
+    transaction that only reads never fails to serialise).
+    """
     with factory() as session:
-        session.connection(execution_options={READ_ONLY: True})
+        bind = factory.kw.get("bind")
+        repeatable = isinstance(bind, Engine) and bind.dialect.name == "postgresql"
+        session.connection(execution_options={READ_ONLY: True, **({"isolation_level": "REPEATABLE READ"}
+                                                                  if repeatable else {})})
         try:
             yield session
         finally:
