@@ -9,6 +9,7 @@ because then nothing of it is stored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
@@ -59,6 +60,29 @@ def test_pending_changes_of_a_message_are_written_with_it(factory: sessionmaker[
             raise RuntimeError("a later message fails")
     with factory() as session:
         assert session.scalars(select(Ticket.status)).all() == ["open"]
+
+
+def test_a_failed_message_takes_back_what_its_inner_steps_wrote(factory: sessionmaker[Session]) -> None:
+    # On PostgreSQL a savepoint that succeeded stays open until the commit: the rollback of the outer one must still
+    # go back to the outer one, not to the inner savepoint left open last.
+    with factory.begin() as session:
+        with pytest.raises(RuntimeError), savepoint(session):
+            insert_now(session, new_ticket("2026-000001"))
+            with savepoint(session):
+                insert_now(session, new_ticket("2026-000002"))
+            raise RuntimeError("the message fails after an inner step succeeded")
+        insert_now(session, new_ticket("2026-000003"))
+    assert numbers(factory) == ["2026-000003"]
+
+
+def test_a_transaction_of_many_messages_keeps_all_but_the_failed_one(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as session:
+        for n in range(1, 71):  # more than a batch of processing or intake holds
+            with contextlib.suppress(RuntimeError), savepoint(session):
+                insert_now(session, new_ticket(f"2026-{n:06d}"))
+                if n % 10 == 0:
+                    raise RuntimeError("every tenth message fails")
+    assert numbers(factory) == [f"2026-{n:06d}" for n in range(1, 71) if n % 10]
 
 
 def test_a_failed_flush_ends_the_transaction_and_says_so(factory: sessionmaker[Session]) -> None:
