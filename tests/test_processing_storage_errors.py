@@ -97,11 +97,11 @@ def test_a_storage_fault_in_the_middle_of_a_run_defers_each_message_once(app: Ap
     app.cli("ingest", "--queue-only", *sorted(str(p) for p in tmp_path.glob("*.eml")))
     real_one, failed = Processor._one, []
 
-    def one_with_a_fault(self: Processor, session: Any, item: Any, inbound: Any) -> Result | None:
+    def one_with_a_fault(self: Processor, session: Any, item: Any, inbound: Any, *rest: Any) -> Result | None:
         if item.inbound_id == 2 and not failed:
             failed.append(item.inbound_id)
             raise OperationalError("INSERT …", {}, sqlite3.OperationalError("disk I/O error"))
-        return real_one(self, session, item, inbound)
+        return real_one(self, session, item, inbound, *rest)
 
     monkeypatch.setattr(Processor, "_one", one_with_a_fault)
     runtime, services = open_services(load_config(app.write_config()))

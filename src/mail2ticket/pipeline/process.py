@@ -253,10 +253,11 @@ class Processor:
                 if not run:
                     return []
                 rows = repo.inbound_rows(session, run)
+                keep_open = len(run) <= POSTGRES_BATCH  # a savepoint RELEASE per message saved (db/savepoint.py)
                 with self._parse_ahead(run) as ahead:
                     while isinstance(item := ahead.next(), Prepared):
                         started.append(item.inbound_id)
-                        if (result := self._one(session, item, rows.get(item.inbound_id))) is not None:
+                        if (result := self._one(session, item, rows.get(item.inbound_id), keep_open)) is not None:
                             results.append(result)
         except TRANSIENT_ERRORS as exc:
             if not run:
@@ -284,14 +285,15 @@ class Processor:
         results.append(result or Result(culprit, InboundState.DONE, reason="finished elsewhere"))
         return results
 
-    def _one(self, session: Session, item: Prepared, inbound: InboundMessage | None) -> Result | None:
+    def _one(self, session: Session, item: Prepared, inbound: InboundMessage | None,
+             keep_open: bool = False) -> Result | None:
         """One message in its own savepoint; None if it no longer waits (processed meanwhile by another process).
 
         `inbound` was loaded in this transaction: under SQLite's write lock, or claimed (PostgreSQL).
         """
         self._defects, self._kind = None, None
         try:
-            with self._lines.rolled_back_with(), savepoint(session):
+            with self._lines.rolled_back_with(), savepoint(session, keep_open=keep_open):
                 if inbound is None or inbound.state != InboundState.NEW:
                     return None
                 if item.error is not None:
