@@ -161,10 +161,10 @@ class Snapshot:
 def read_snapshot(factory: sessionmaker[Session], now: dt.datetime) -> Snapshot:
     """The counts of one moment (`read_only`): no writer waits for them, nor they for a writer."""
     with read_only(factory) as session:
-        return take_snapshot(session, now)
+        return _snapshot(session, now)
 
 
-def take_snapshot(session: Session, now: dt.datetime) -> Snapshot:
+def _snapshot(session: Session, now: dt.datetime) -> Snapshot:
     """The counts behind STATUS= and the backlog gauges (a handful of indexed COUNT queries)."""
     by_state = dict(session.execute(
         select(InboundMessage.state, func.count()).where(

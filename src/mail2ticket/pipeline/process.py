@@ -336,7 +336,7 @@ class Processor:
             row.classification = self._kind
         repo.add_event(session, f"message_{state.value}", inbound_id=inbound_id, reason=reason[:500])
         self._lines.add(log.warning if state == InboundState.QUARANTINED else log.info, "message_" + state.value,
-                  inbound_id=inbound_id, reason=reason)
+                        inbound_id=inbound_id, reason=reason)
         return Result(inbound_id, state, reason=reason)
 
     def _postpone(self, session: Session, inbound_id: int, exc: Exception) -> Result | None:
@@ -382,7 +382,7 @@ class Processor:
         self._record(session, inbound, InboundState.DONE, now, ticket_id=ticket.id)
         failpoint("process.before_commit")
         self._lines.add(bound.info, "message_processed", outcome=outcome, ticket=ticket.number, queue=ticket.queue,
-                  classification=classification.kind)
+                        classification=classification.kind)
         return Result(inbound.id, InboundState.DONE, ticket.number)
 
     def _record(self, session: Session, inbound: InboundMessage, state: InboundState, now: dt.datetime,
