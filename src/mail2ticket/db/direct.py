@@ -8,7 +8,8 @@ savepoint, as if `session.connection().execute()` had run them.
 
 What qualifies: statements whose parameters are single values (no expanding `IN` lists). `first` and `scalar`
 convert the values of the row with the column types' result processors (JSON, a SQLite DATETIME); a cursor
-from `execute` gives them as the driver returns them.
+from `execute` gives them as the driver returns them. With `binary_results`, PostgreSQL sends the row in its binary
+format: a bytea value as its bytes, not as hex text of twice the size that the driver then decodes.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ class _Compiled:
 class Direct:
     """One Core statement, compiled once per dialect and executed without SQLAlchemy's per-call machinery."""
 
-    __slots__ = ("statement", "_by_dialect")
+    __slots__ = ("statement", "binary_results", "_by_dialect")
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, binary_results: bool = False) -> None:
         self.statement = statement
+        self.binary_results = binary_results
         self._by_dialect: dict[str, _Compiled] = {}
 
     def execute(self, session: Session, params: Mapping[str, Any]) -> Any:
@@ -69,7 +71,10 @@ class Direct:
         for index, (_, _, _, process) in enumerate(compiled.binds):
             if process is not None:
                 values[index] = process(values[index])
-        cursor = connection.connection.cursor()
+        if self.binary_results and connection.dialect.name == "postgresql":
+            cursor = connection.connection.cursor(binary=True)  # psycopg's
+        else:
+            cursor = connection.connection.cursor()
         bound: Any = values if compiled.positional else {
             name: value for (_, name, _, _), value in zip(compiled.binds, values)}
         try:
