@@ -8,6 +8,7 @@ header-field index in classify, and cheaper raw-byte prechecks. The reference is
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import datetime as dt
@@ -95,6 +96,31 @@ def test_analyse_equals_the_plain_path_on_the_corpora(corpus_mails: list[tuple[s
 def test_analyse_equals_the_plain_path_on_generated_mail(bench_mails: list[tuple[str, bytes]]) -> None:
     """The benchmark corpus (RFC 2047 names, replies, RFC 2231 attachments, auto-replies) comes out the same."""
     assert differences(bench_mails, (SMTP_JOB,)) == []
+
+
+def _with_attachment(text: bytes) -> bytes:
+    return (b"From: Erika Mustermann <erika@example.org>\r\nTo: bauamt@stadt.example\r\nSubject: Pl\xc3\xa4ne\r\n"
+            b"Message-ID: <plaene@example.org>\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nanbei\r\n'
+            b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=plan.pdf\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + text + b"--b--\r\n")
+
+
+@pytest.mark.parametrize("damage", [
+    b"",  # clean: decoded a piece at a time
+    b"QQ==\r\n",  # padding in the middle
+    b"QU*J\r\n",  # a character outside the alphabet
+    b"QUJ\r\n",  # a length the stdlib pads
+])
+def test_a_large_attachment_comes_out_as_the_plain_path_gives_it(damage: bytes) -> None:
+    data = bytes(range(256)) * (5 * 3 * 4096 + 1)  # 5 MB: decoded a piece at a time when it is clean
+    text = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    middle = text.index(b"\r\n", len(text) // 2) + 2
+    raw = _with_attachment(text[:middle] + damage + text[middle:])
+    result = analyse(SMTP_JOB, raw)
+    assert outcome(analyse, SMTP_JOB, raw) == outcome(reference_analyse, SMTP_JOB, raw)
+    if not damage:
+        assert [a.data for a in result.parsed.attachments] == [data]
 
 
 def walk_fields(raw: bytes) -> Iterator[tuple[MemoPolicy, str, str]]:

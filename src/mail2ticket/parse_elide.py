@@ -65,7 +65,7 @@ def _elide(raw: bytes) -> tuple[bytes, _Runs | None]:
     done = 0
     for number, (start, end) in enumerate(spans):
         pieces += (raw[done:start], f"{_TOKEN_MARK}{number}x{nonce}".encode())
-        runs.append(raw[start:end].decode("ascii"))
+        runs.append(str(memoryview(raw)[start:end], "ascii"))  # decoded from raw itself, not from a slice's copy
         done = end
     pieces.append(raw[done:])
     skeleton = b"".join(pieces)
