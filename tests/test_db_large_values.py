@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mail2ticket.cli.common import open_services
+from mail2ticket.config import load_config
 from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
-from mail2ticket.db.repo_raw import POSTGRES_KEEP_LIMIT, add_content, read_raw
+from mail2ticket.db.models import InboundState
+from mail2ticket.db.repo_raw import POSTGRES_KEEP_LIMIT, add_content, add_raw, read_raw
 from mail2ticket.intake import Envelope, store
+from mail2ticket.pipeline import store as pipeline_store
+from mail2ticket.pipeline.process import Processor
+from tests.support.app import App
 from tests.support.mails import citizen_mail
 
 
@@ -79,3 +88,37 @@ def test_small_mails_keep_their_pooled_connection(engine: Engine) -> None:
         size, pieces = read_raw(session, stored.inbound_id)
         assert size == len(b"".join(pieces))
     assert _backend_pid(factory) == pid
+
+
+def test_a_large_value_whose_insert_fails_still_closes_its_connection(engine: Engine) -> None:
+    factory = make_sessionmaker(engine)
+    data = os.urandom(POSTGRES_KEEP_LIMIT)
+    with pytest.raises(IntegrityError):  # sent whole, then refused: there is no intake row 999999
+        with unit_of_work(factory) as session:
+            pid = int(session.scalar(text("SELECT pg_backend_pid()")))
+            add_raw(session, 999_999, [data], len(data))
+    assert not _alive(engine, pid)
+
+
+def test_a_mail_with_a_large_body_closes_the_connection_that_stored_its_article(
+        engine: Engine, postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App(root=tmp_path, database_url=postgres_database_url)
+    body = "Anbei die Messwerte.\n" + "".join(f"Messung {i:08d}: 12,5 mm / 17,25 mm / 3,0 bar\n" for i in range(60_000))
+    (tmp_path / "messung.eml").write_bytes(citizen_mail(subject="Messprotokoll", body=body))
+    app.cli("ingest", "--queue-only", str(tmp_path / "messung.eml"))
+    stored_by: list[int] = []
+    real = pipeline_store.add_inbound_article
+
+    def noting_the_backend(session: Session, *args: Any, **kwargs: Any) -> Any:
+        stored_by.append(int(session.scalar(text("SELECT pg_backend_pid()"))))
+        return real(session, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_store, "add_inbound_article", noting_the_backend)
+    runtime, services = open_services(load_config(app.write_config()))
+    processor = Processor(services, lambda: runtime)
+    try:
+        assert [r.state for r in processor.process_batch()] == [InboundState.DONE]
+        assert len(stored_by) == 1 and not _alive(engine, stored_by[0])
+    finally:
+        processor.close()
+        services.close()

@@ -8,8 +8,8 @@ savepoint, as if `session.connection().execute()` had run them.
 
 What qualifies: statements whose parameters are single values (no expanding `IN` lists). `first` and `scalar`
 convert the values of the row with the column types' result processors (JSON, a SQLite DATETIME); a cursor
-from `execute` gives them as the driver returns them. With `binary_results`, PostgreSQL sends the row in its binary
-format: a bytea value as its bytes, not as hex text of twice the size that the driver then decodes.
+from `execute` gives them as the driver returns them. With `binary_results`, PostgreSQL sends the row to psycopg (3)
+in its binary format: a bytea value as its bytes, not as hex text of twice the size that the driver then decodes.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class Direct:
         for index, (_, _, _, process) in enumerate(compiled.binds):
             if process is not None:
                 values[index] = process(values[index])
-        if self.binary_results and connection.dialect.name == "postgresql":
-            cursor = connection.connection.cursor(binary=True)  # psycopg's
+        if self.binary_results and connection.dialect.driver == "psycopg":  # psycopg2 and pg8000 know no binary=
+            cursor = connection.connection.cursor(binary=True)
         else:
             cursor = connection.connection.cursor()
         bound: Any = values if compiled.positional else {

@@ -38,8 +38,8 @@ def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int
     connection = session.connection()
     if connection.dialect.name != "sqlite" or size < STREAM_THRESHOLD:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
-        _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
-        _release_after(session, size)
+        with carrying(session, size):
+            _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
         return
     _INSERT_ZEROBLOB.execute(session, {"inbound_id": inbound_id, "size": size})
     _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
@@ -60,7 +60,7 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
         data = _RAW_DATA.scalar(session, {"inbound_id": inbound_id})
         if data is None:
             raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
-        _release_after(session, len(data))
+        release_after(session, len(data))
         return len(data), iter((bytes(data),))
     row = _RAW_ROWID.first(session, {"inbound_id": inbound_id})
     if row is None:
@@ -111,8 +111,8 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
         return
     size = len(data)
     if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
-        _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
-        _release_after(session, size)
+        with carrying(session, size):
+            _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
         return
     _INSERT_CONTENT_ZEROBLOB.execute(session, {"sha256": sha256, "size": size})
     view = memoryview(data)
@@ -142,7 +142,7 @@ def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentCo
             blob.write(piece)
 
 
-def _release_after(session: Session, size: int) -> None:
+def release_after(session: Session, size: int) -> None:
     """After `size` bytes went through the session's connection: on PostgreSQL, from POSTGRES_KEEP_LIMIT, let the
     connection close when the session ends, with the buffers libpq grew for them (the pool opens a new one)."""
     if size < POSTGRES_KEEP_LIMIT:
@@ -150,6 +150,19 @@ def _release_after(session: Session, size: int) -> None:
     connection = session.connection()
     if connection.dialect.name == "postgresql" and not connection.connection.is_detached:
         connection.detach()
+
+
+@contextlib.contextmanager
+def carrying(session: Session, size: int) -> Iterator[None]:
+    """Around a statement that sends `size` bytes: `release_after`, also when the statement failed after sending
+    them (a unique violation, a timeout), without hiding its error."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            release_after(session, size)
+        raise
+    release_after(session, size)
 
 
 @contextlib.contextmanager

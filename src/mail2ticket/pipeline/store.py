@@ -77,24 +77,27 @@ def add_inbound_article(
 ) -> Article:
     """The mail as an article; `text` replaces the body (e.g. a staff reply without its command lines)."""
     full = body_text(parsed) if text is None else text
-    article = insert_now(session, Article(
-        ticket_id=ticket.id,
-        inbound_id=inbound.id,
-        direction="in",
-        kind=kind,
-        internal=internal,
-        sender=parsed.from_addr,
-        sender_name=parsed.from_name,
-        recipients=list(dict.fromkeys([*parsed.to, *parsed.cc]))[:100],
-        message_id=parsed.message_id,
-        in_reply_to=parsed.in_reply_to[0] if parsed.in_reply_to else None,
-        thread_index=parsed.thread_index,
-        subject=parsed.subject[:1000],
-        text=full,
-        new_text=body_new_text(parsed, full),
-        html=sanitize_html(parsed.html) if parsed.html else None,
-        created_at=now,
-    ))
+    new_text = body_new_text(parsed, full)
+    html = sanitize_html(parsed.html) if parsed.html else None
+    with repo_raw.carrying(session, len(full) + len(new_text) + len(html or "")):  # a large body, on PostgreSQL
+        article = insert_now(session, Article(
+            ticket_id=ticket.id,
+            inbound_id=inbound.id,
+            direction="in",
+            kind=kind,
+            internal=internal,
+            sender=parsed.from_addr,
+            sender_name=parsed.from_name,
+            recipients=list(dict.fromkeys([*parsed.to, *parsed.cc]))[:100],
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to[0] if parsed.in_reply_to else None,
+            thread_index=parsed.thread_index,
+            subject=parsed.subject[:1000],
+            text=full,
+            new_text=new_text,
+            html=html,
+            created_at=now,
+        ))
     _added(session, ticket, article)
     for attachment in expand_attachments(parsed.attachments):
         add_attachment(session, article, attachment)
