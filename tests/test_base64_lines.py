@@ -1,4 +1,4 @@
-"""An attachment decoded a piece at a time is the attachment the stdlib decodes; anything doubtful goes the stdlib's way.
+"""An attachment decoded a piece at a time is the one the stdlib decodes; anything doubtful goes the stdlib's way.
 
 `decode_clean` must give the bytes of ``decode_b`` (the email package's base64 decoder, which `parse` used alone
 before) whenever it gives any, and must give them for what mailers send. Pieces are made tiny here, so that every

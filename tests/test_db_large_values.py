@@ -59,7 +59,8 @@ def test_large_mail_is_stored_and_read_back_whole_by_a_connection_that_then_clos
     factory = make_sessionmaker(engine)
     raw = _large_mail()
     pid = _backend_pid(factory)
-    stored = store(factory, raw, Envelope("smtp", mail_from="buerger@example.org", rcpt_to=("bauamt@stadt.example",)))
+    envelope = Envelope("smtp", mail_from="buerger@example.org", rcpt_to=("bauamt@stadt.example",))
+    stored = store(factory, raw, envelope)
     assert not _alive(engine, pid)  # the connection of the INSERT was the pooled one: closed with its session
 
     with unit_of_work(factory) as session:
@@ -103,7 +104,7 @@ def test_a_large_value_whose_insert_fails_still_closes_its_connection(engine: En
 def test_a_mail_with_a_large_body_closes_the_connection_that_stored_its_article(
         engine: Engine, postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = App(root=tmp_path, database_url=postgres_database_url)
-    body = "Anbei die Messwerte.\n" + "".join(f"Messung {i:08d}: 12,5 mm / 17,25 mm / 3,0 bar\n" for i in range(60_000))
+    body = "Anbei die Messwerte.\n" + "".join(f"Messung {i:08d}: 12,5 mm / 3,0 bar\n" for i in range(80_000))
     (tmp_path / "messung.eml").write_bytes(citizen_mail(subject="Messprotokoll", body=body))
     app.cli("ingest", "--queue-only", str(tmp_path / "messung.eml"))
     stored_by: list[int] = []

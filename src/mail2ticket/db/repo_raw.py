@@ -96,7 +96,8 @@ def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tu
                      None if row[4] is None else bytes(row[4])) for row in rows}
 
 
-_RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")), binary_results=True)
+_RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")),
+                   binary_results=True)
 _RAW_ROWID = Direct(select(literal_column("rowid"), func.length(RawMessage.data))
                     .where(RawMessage.inbound_id == bindparam("inbound_id")))
 
