@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.cli.common import open_services
 from mail2ticket.config import load_config
-from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
+from mail2ticket.db.engine import POSTGRES_KEEP_LIMIT, make_engine, make_sessionmaker, unit_of_work
 from mail2ticket.db.models import InboundState
-from mail2ticket.db.repo_raw import POSTGRES_KEEP_LIMIT, add_content, add_raw, read_raw
+from mail2ticket.db.repo_raw import add_content, add_raw, read_raw
 from mail2ticket.intake import Envelope, store
 from mail2ticket.pipeline import store as pipeline_store
 from mail2ticket.pipeline.process import Processor
@@ -45,9 +45,13 @@ def _large_mail() -> bytes:
     return citizen_mail(subject="Bauantrag mit Plänen").replace(b"\r\n\r\n", b"\r\n\r\n" + lines + b"\r\n", 1)
 
 
+def _pid(session: Session) -> int:
+    return int(session.scalar(text("SELECT pg_backend_pid()")))
+
+
 def _backend_pid(factory: sessionmaker[Session]) -> int:
     with unit_of_work(factory) as session:
-        return int(session.scalar(text("SELECT pg_backend_pid()")))
+        return _pid(session)
 
 
 def _alive(engine: Engine, pid: int) -> bool:
@@ -64,7 +68,7 @@ def test_large_mail_is_stored_and_read_back_whole_by_a_connection_that_then_clos
     assert not _alive(engine, pid)  # the connection of the INSERT was the pooled one: closed with its session
 
     with unit_of_work(factory) as session:
-        reader = int(session.scalar(text("SELECT pg_backend_pid()")))
+        reader = _pid(session)
         size, pieces = read_raw(session, stored.inbound_id)
         assert (size, b"".join(pieces)) == (len(raw), raw)
     assert not _alive(engine, reader)
@@ -74,7 +78,7 @@ def test_large_attachment_content_closes_its_connection(engine: Engine) -> None:
     factory = make_sessionmaker(engine)
     data = os.urandom(POSTGRES_KEEP_LIMIT)
     with unit_of_work(factory) as session:
-        pid = int(session.scalar(text("SELECT pg_backend_pid()")))
+        pid = _pid(session)
         add_content(session, "a" * 64, data)
     assert not _alive(engine, pid)
     with unit_of_work(factory) as session:
@@ -96,7 +100,7 @@ def test_a_large_value_whose_insert_fails_still_closes_its_connection(engine: En
     data = os.urandom(POSTGRES_KEEP_LIMIT)
     with pytest.raises(IntegrityError):  # sent whole, then refused: there is no intake row 999999
         with unit_of_work(factory) as session:
-            pid = int(session.scalar(text("SELECT pg_backend_pid()")))
+            pid = _pid(session)
             add_raw(session, 999_999, [data], len(data))
     assert not _alive(engine, pid)
 
@@ -111,7 +115,7 @@ def test_a_mail_with_a_large_body_closes_the_connection_that_stored_its_article(
     real = pipeline_store.add_inbound_article
 
     def noting_the_backend(session: Session, *args: Any, **kwargs: Any) -> Any:
-        stored_by.append(int(session.scalar(text("SELECT pg_backend_pid()"))))
+        stored_by.append(_pid(session))
         return real(session, *args, **kwargs)
 
     monkeypatch.setattr(pipeline_store, "add_inbound_article", noting_the_backend)

@@ -39,6 +39,9 @@ PG_SESSION_OPTIONS = (
 
 
 READ_ONLY = "mail2ticket_read_only"
+# From this size a PostgreSQL connection is not pooled again after a value went through it (one reconnect):
+# libpq keeps its buffers at the largest message a connection carried, for the connection's life.
+POSTGRES_KEEP_LIMIT = 4 << 20
 
 
 class DurabilityError(RuntimeError):
@@ -180,3 +183,26 @@ def check_durability(engine: Engine, *, allow_unsafe: bool) -> None:
             + ", ".join(problems)
             + "; fix the server setting, or set daemon.allow_unsafe_durability = true to accept losing mail on a crash"
         )
+
+
+def release_after(session: Session, size: int) -> None:
+    """After `size` bytes went through the session's connection: on PostgreSQL, from POSTGRES_KEEP_LIMIT, let the
+    connection close when the session ends, with the buffers libpq grew for them (the pool opens a new one)."""
+    if size < POSTGRES_KEEP_LIMIT:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql" and not connection.connection.is_detached:
+        connection.detach()
+
+
+@contextlib.contextmanager
+def carrying(session: Session, size: int) -> Iterator[None]:
+    """Around a statement that sends `size` bytes: `release_after`, also when the statement failed after sending
+    them (a unique violation, a timeout), without hiding its error."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            release_after(session, size)
+        raise
+    release_after(session, size)

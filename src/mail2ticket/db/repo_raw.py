@@ -9,8 +9,9 @@ needs one buffer), take the ordinary bound-parameter path.
 On PostgreSQL, libpq keeps a connection's send and receive buffers at the size of the largest message they
 carried, for the connection's life, and the pool keeps its connections for the daemon's: every pooled connection
 that once carried a 25 MB mail held 25-75 MB from then on (the daemon grew from 327 to 524 MB over 100 such mails).
-A connection that carried a value of POSTGRES_KEEP_LIMIT or more is therefore closed when its transaction ends
-instead of going back to the pool, and raw bytes are read in binary format (hex text is twice the size).
+A connection that carried a value of `engine.POSTGRES_KEEP_LIMIT` or more is therefore closed when its session
+ends instead of going back to the pool (`engine.carrying`), and raw bytes are read in binary format (hex text is
+twice the size).
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.direct import Direct
+from mail2ticket.db.engine import carrying, release_after
 from mail2ticket.db.models import AttachmentContent, InboundMessage, RawMessage
 
 # Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
 STREAM_THRESHOLD = 1 << 20
-# From this size a PostgreSQL connection is not pooled again after the value went through it (one reconnect).
-POSTGRES_KEEP_LIMIT = 4 << 20
 
 
 def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int) -> None:
@@ -141,29 +141,6 @@ def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentCo
             _dbapi(session).blobopen(table.__tablename__, "data", int(rowid)) as blob:
         for piece in pieces:
             blob.write(piece)
-
-
-def release_after(session: Session, size: int) -> None:
-    """After `size` bytes went through the session's connection: on PostgreSQL, from POSTGRES_KEEP_LIMIT, let the
-    connection close when the session ends, with the buffers libpq grew for them (the pool opens a new one)."""
-    if size < POSTGRES_KEEP_LIMIT:
-        return
-    connection = session.connection()
-    if connection.dialect.name == "postgresql" and not connection.connection.is_detached:
-        connection.detach()
-
-
-@contextlib.contextmanager
-def carrying(session: Session, size: int) -> Iterator[None]:
-    """Around a statement that sends `size` bytes: `release_after`, also when the statement failed after sending
-    them (a unique violation, a timeout), without hiding its error."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):
-            release_after(session, size)
-        raise
-    release_after(session, size)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from mail2ticket.db import conversation_repo, repo, repo_raw
 from mail2ticket.db.direct import Direct
+from mail2ticket.db.engine import carrying
 from mail2ticket.db.rows import insert_now
 from mail2ticket.db.models import Article, Attachment, InboundMessage, Ticket
 from mail2ticket.parse import ParsedAttachment, ParsedMail
@@ -79,7 +80,7 @@ def add_inbound_article(
     full = body_text(parsed) if text is None else text
     new_text = body_new_text(parsed, full)
     html = sanitize_html(parsed.html) if parsed.html else None
-    with repo_raw.carrying(session, len(full) + len(new_text) + len(html or "")):  # a large body, on PostgreSQL
+    with carrying(session, len(full) + len(new_text) + len(html or "")):  # a large body, on PostgreSQL
         article = insert_now(session, Article(
             ticket_id=ticket.id,
             inbound_id=inbound.id,
