@@ -33,14 +33,24 @@ def line_by_line(stream: bytes, size_limit: int | None) -> tuple[bytes | str, by
 
 
 async def blockwise(stream: bytes, pieces: list[int], size_limit: int | None) -> tuple[bytes | str, bytes]:
+    """The reader's result when the stream arrives in `pieces` (then the rest): each piece is fed only once the
+    reader has taken everything before it, so every piece boundary is a boundary between two reads."""
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
-    pos = 0
-    for size in pieces:
-        reader.feed_data(stream[pos:pos + size])
-        pos += size
-    reader.feed_data(stream[pos:])
-    reader.feed_eof()
+    done = False
+
+    async def arrive() -> None:
+        pos = 0
+        for size in [*pieces, len(stream)]:
+            while len(reader._buffer) and not done:  # type: ignore[attr-defined]  # until the reader took it all
+                await asyncio.sleep(0)
+            reader.feed_data(stream[pos:pos + size])
+            pos += size
+        reader.feed_eof()
+
+    feeding = asyncio.ensure_future(arrive())
     result = await read_data(reader, line_length_limit=LINE_LIMIT, size_limit=size_limit)
+    done = True
+    await feeding
     rest = await reader.read()
     return (b"".join(result.parts) if result.error is None else result.error[:3]), rest
 
@@ -74,6 +84,17 @@ def test_a_large_attachment_is_read_whole_and_split_into_parts() -> None:
     got, rest = asyncio.run(blockwise(body + b".\r\nQUIT\r\n", [65_536] * 3, None))
     assert got == body.replace(b"\r\n..dot", b"\r\n.dot")
     assert rest == b"QUIT\r\n"
+
+
+@pytest.mark.parametrize("cut", range(1, 8))
+def test_a_terminator_split_between_two_reads_after_dot_free_data_ends_the_message(cut: int) -> None:
+    """An attachment's base64 has no dot until the terminator: the search for the terminator starts at the first
+    dot, also when that dot came in an earlier read than the rest of the terminator, or with a stuffed line."""
+    body = b"Subject: x\r\n\r\n" + b"QUJD" * 19 + b"\r\n" + b"QUJD" * 19 + b"\r\n"
+    for tail in (b"", b"..\r\n", b"..dot\r\n"):
+        stream = body + tail + b".\r\nQUIT\r\n"
+        expected = line_by_line(stream, None)
+        assert asyncio.run(blockwise(stream, [len(body + tail) - 2 + cut], None)) == expected
 
 
 def test_a_line_over_the_limit_without_any_crlf_is_refused_not_buffered() -> None:
