@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mail2ticket.db.direct import Direct
-from mail2ticket.db.engine import carrying, release_after
+from mail2ticket.db.engine import carrying, release_after, room_for_blob
 from mail2ticket.db.models import AttachmentContent, InboundMessage, RawMessage
 
 # Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
@@ -41,6 +41,7 @@ def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int
         with carrying(session, size):
             _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
         return
+    room_for_blob(session, size)
     _INSERT_ZEROBLOB.execute(session, {"inbound_id": inbound_id, "size": size})
     _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
 
@@ -115,6 +116,7 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
         with carrying(session, size):
             _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
         return
+    room_for_blob(session, size)
     _INSERT_CONTENT_ZEROBLOB.execute(session, {"sha256": sha256, "size": size})
     view = memoryview(data)
     _fill_zeroblob(session, AttachmentContent, AttachmentContent.sha256 == sha256,
