@@ -98,7 +98,7 @@ def _configure_sqlite(engine: Engine, *, autocheckpoint_pages: int | None) -> No
     @event.listens_for(engine, "checkin")
     def _on_checkin(dbapi_conn: Any, record: Any) -> None:
         if dbapi_conn is not None and record.info.pop(_CACHE_RAISED, 0):
-            with contextlib.suppress(Exception):  # a connection that cannot run this is not used again anyway
+            with contextlib.suppress(Exception):  # at worst the cache stays raised, bounded by BLOB_CACHE_LIMIT
                 dbapi_conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")  # frees the pages above it
 
     @event.listens_for(engine, "begin")
