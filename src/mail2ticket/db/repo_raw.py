@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, bindparam, case, func, insert, literal_column, select
 from sqlalchemy.exc import DBAPIError
@@ -41,9 +41,8 @@ def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int
         with carrying(session, size):
             _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
         return
-    room_for_blob(session, size)
-    _INSERT_ZEROBLOB.execute(session, {"inbound_id": inbound_id, "size": size})
-    _fill_zeroblob(session, RawMessage, RawMessage.inbound_id == inbound_id, parts)
+    _stream_into_zeroblob(session, _INSERT_ZEROBLOB, {"inbound_id": inbound_id, "size": size},
+                          RawMessage, RawMessage.inbound_id == inbound_id, parts)
 
 
 _INSERT_RAW = Direct(insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=bindparam("data")))
@@ -116,11 +115,10 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
         with carrying(session, size):
             _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
         return
-    room_for_blob(session, size)
-    _INSERT_CONTENT_ZEROBLOB.execute(session, {"sha256": sha256, "size": size})
     view = memoryview(data)
-    _fill_zeroblob(session, AttachmentContent, AttachmentContent.sha256 == sha256,
-                   (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD)))
+    _stream_into_zeroblob(session, _INSERT_CONTENT_ZEROBLOB, {"sha256": sha256, "size": size},
+                          AttachmentContent, AttachmentContent.sha256 == sha256,
+                          (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD)))
 
 
 _CONTENT_KNOWN = Direct(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == bindparam("sha256")))
@@ -130,12 +128,16 @@ _INSERT_CONTENT_ZEROBLOB = Direct(insert(AttachmentContent).values(
     sha256=bindparam("sha256"), size=bindparam("size"), data=func.zeroblob(bindparam("size"))))
 
 
-def _fill_zeroblob(session: Session, table: type[RawMessage] | type[AttachmentContent],
-                   where: ColumnElement[bool], pieces: Iterable[bytes | memoryview]) -> None:
-    """Write `pieces` into the zeroblob `data` of the one row matching `where`, by SQLite incremental blob I/O.
+def _stream_into_zeroblob(session: Session, insert_zeroblob: Direct, params: dict[str, Any],
+                          table: type[RawMessage] | type[AttachmentContent], where: ColumnElement[bool],
+                          pieces: Iterable[bytes | memoryview]) -> None:
+    """Insert the row with a zeroblob of ``params["size"]`` bytes (a page cache raised to hold them first), then
+    write `pieces` into its `data`, found by `where`, by SQLite incremental blob I/O.
 
     The rowid is asked rather than assumed (one indexed lookup), even where the key is an INTEGER PRIMARY KEY.
     """
+    room_for_blob(session, params["size"])
+    insert_zeroblob.execute(session, params)
     rowid = session.scalar(select(literal_column("rowid")).select_from(table).where(where))
     if rowid is None:
         raise RuntimeError(f"{table.__tablename__} row vanished inside its own transaction")
