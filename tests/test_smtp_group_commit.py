@@ -6,6 +6,9 @@ stage is parked (failpoint `process.step:sleep`) where a test looks at the store
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import random
 import smtplib
 import threading
 from typing import Any
@@ -14,6 +17,7 @@ from sqlalchemy import func, select
 
 from mail2ticket.db.engine import make_engine, make_sessionmaker, unit_of_work
 from mail2ticket.db.models import InboundMessage, RawMessage
+from mail2ticket.intake import Envelope, prepare
 from tests.support.app import App, Daemon, wait_until
 from tests.support.mails import citizen_mail
 
@@ -131,3 +135,24 @@ def test_large_message_with_dot_lines_is_stored_byte_exact(app: App) -> None:
         daemon.kill()
     assert len(raw) > 2_500_000
     assert stored == raw
+
+
+def test_large_message_hashed_while_it_arrives_is_recognised_when_redelivered(app: App) -> None:
+    """The 1 MiB parts of a ~3 MB message are hashed while the rest of its DATA arrives. Its hashes are those of the
+    whole message, so the same mail delivered again through another relay (one more Received line) is one row."""
+    attachment = base64.encodebytes(random.Random(3).randbytes(2_300_000)).replace(b"\n", b"\r\n")
+    raw = citizen_mail(message_id="<plan@example.org>").split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" + attachment
+    daemon = app.start(env={"M2T_FAILPOINT": PARKED})
+    try:
+        daemon.send(raw)
+        daemon.send(b"Received: from mx2.stadt.example by relay.stadt.example\r\n" + raw)
+        engine = make_engine(app.database_url)
+        try:
+            with unit_of_work(make_sessionmaker(engine)) as session:
+                rows = session.execute(select(InboundMessage.sha256, InboundMessage.content_hash)).all()
+        finally:
+            engine.dispose()
+    finally:
+        daemon.kill()
+    assert len(raw) > 3_000_000
+    assert [tuple(row) for row in rows] == [(hashlib.sha256(raw).hexdigest(), prepare(raw, Envelope("smtp")).content_hash)]

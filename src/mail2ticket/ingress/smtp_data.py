@@ -14,6 +14,7 @@ Bytes the client sent after the terminator (pipelined commands) are given back t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 BLOCK_BYTES = 256 << 10
@@ -28,15 +29,18 @@ class DataResult:
 
 
 class _Parts:
-    def __init__(self) -> None:
+    def __init__(self, on_part: Callable[[bytes], None] | None) -> None:
         self.parts: list[bytes] = []
         self._current = bytearray()
+        self._on_part = on_part
 
     def add(self, data: bytes) -> None:
         self._current += data
         if len(self._current) >= PART_BYTES:
             self.parts.append(bytes(self._current))
             self._current = bytearray()
+            if self._on_part is not None:
+                self._on_part(self.parts[-1])
 
     def discard(self) -> None:
         self.parts.clear()
@@ -51,10 +55,11 @@ class _Parts:
 class _Data:
     """Consumes complete lines; decides 500/552 the way aiosmtpd does (the first breach wins)."""
 
-    def __init__(self, line_length_limit: int, size_limit: int | None) -> None:
+    def __init__(self, line_length_limit: int, size_limit: int | None,
+                 on_part: Callable[[bytes], None] | None = None) -> None:
         self.line_length_limit = line_length_limit
         self.size_limit = size_limit
-        self.parts = _Parts()
+        self.parts = _Parts(on_part)
         self.size = 0
         self.error: str | None = None
 
@@ -98,9 +103,13 @@ def _has_line_over(data: bytes, limit: int) -> bool:
     return max(map(len, data.split(b"\r\n"))) + 2 > limit
 
 
-async def read_data(reader: asyncio.StreamReader, *, line_length_limit: int, size_limit: int | None) -> DataResult:
-    """Read DATA up to its terminator; raises asyncio.IncompleteReadError if the connection ends first."""
-    data = _Data(line_length_limit, size_limit)
+async def read_data(reader: asyncio.StreamReader, *, line_length_limit: int, size_limit: int | None,
+                    on_part: Callable[[bytes], None] | None = None) -> DataResult:
+    """Read DATA up to its terminator; raises asyncio.IncompleteReadError if the connection ends first.
+
+    `on_part` is given each part but the last as soon as it is complete (the intake hashes it meanwhile); parts given
+    to it may still be discarded when the data turns out too long."""
+    data = _Data(line_length_limit, size_limit, on_part)
     buf = bytearray()
     mid_line = False  # buf starts inside an over-long line whose head was discarded
     while True:
