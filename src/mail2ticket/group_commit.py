@@ -5,7 +5,8 @@ A session hands over its message (`store`); hashing and the Message-ID are compu
 thread pool for large messages, part by part while DATA still arrives: `PartHashing`), then the message waits in
 a queue. The committer takes whatever is queued (up to `max_batch` messages or `max_batch_bytes`, never waiting
 for more: under light load a batch is one message and costs what it did before), inserts each one with
-`intake.insert` in one transaction, commits, and only then resolves the sessions' futures, so 250 still means "committed durably".
+`intake.insert` in one transaction, commits, and only then resolves the sessions' futures, so 250 still means
+"committed durably".
 
 | situation                                              | effect for the sessions of the batch              |
 |--------------------------------------------------------|---------------------------------------------------|
