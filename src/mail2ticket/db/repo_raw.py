@@ -21,12 +21,13 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, bindparam, case, func, insert, literal_column, select
+from sqlalchemy import ColumnElement, Integer, bindparam, case, func, insert, literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from mail2ticket.db import pg_pieces
 from mail2ticket.db.direct import Direct
-from mail2ticket.db.engine import carrying, release_after, room_for_blob
+from mail2ticket.db.engine import POSTGRES_KEEP_LIMIT, carrying, release_after, room_for_blob
 from mail2ticket.db.models import AttachmentContent, InboundMessage, RawMessage
 
 # Below this a single bound parameter is cheaper than insert + blob open; above it the copies start to count.
@@ -36,6 +37,10 @@ STREAM_THRESHOLD = 1 << 20
 def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int) -> None:
     """Insert the raw bytes of inbound row `inbound_id` (already flushed) inside the current transaction."""
     connection = session.connection()
+    if size >= STREAM_THRESHOLD and pg_pieces.streams(session):
+        pg_pieces.copy_row(session, RawMessage.__tablename__, ("inbound_id", "data"), (pg_pieces.bigint(inbound_id),),
+                           size, parts)
+        return
     if connection.dialect.name != "sqlite" or size < STREAM_THRESHOLD:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         with carrying(session, size):
@@ -56,7 +61,16 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     On SQLite the pieces come from incremental blob I/O, so neither SQLite nor this process holds the whole
     message at once (reading the column would: SQLite assembles the blob, Python copies it).
     """
-    if session.get_bind().dialect.name != "sqlite":
+    if pg_pieces.streams(session):  # a large value in slices, so that libpq never holds it whole
+        row = _RAW_SIZE_OR_DATA.first(session, {"inbound_id": inbound_id})
+        if row is None:
+            raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
+        size, data = int(row[0]), row[1]
+        if data is not None:
+            return size, iter((bytes(data),))
+        return size, pg_pieces.read_slices(session, _RAW_SLICE, {"inbound_id": inbound_id}, size,
+                                           POSTGRES_KEEP_LIMIT)
+    if session.get_bind().dialect.name != "sqlite":  # psycopg2
         data = _RAW_DATA.scalar(session, {"inbound_id": inbound_id})
         if data is None:
             raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
@@ -98,6 +112,12 @@ def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tu
 
 _RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")),
                    binary_results=True)
+_RAW_SIZE_OR_DATA = Direct(
+    select(func.length(RawMessage.data), case((func.length(RawMessage.data) < POSTGRES_KEEP_LIMIT, RawMessage.data)))
+    .where(RawMessage.inbound_id == bindparam("inbound_id")), binary_results=True)
+_RAW_SLICE = Direct(select(func.substring(RawMessage.data, bindparam("start", type_=Integer),
+                                          bindparam("length", type_=Integer)))
+                    .where(RawMessage.inbound_id == bindparam("inbound_id")), binary_results=True)
 _RAW_ROWID = Direct(select(literal_column("rowid"), func.length(RawMessage.data))
                     .where(RawMessage.inbound_id == bindparam("inbound_id")))
 
@@ -111,14 +131,18 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
     if _CONTENT_KNOWN.scalar(session, {"sha256": sha256}) is not None:
         return
     size = len(data)
+    view = memoryview(data)
+    pieces = (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD))
+    if size >= STREAM_THRESHOLD and pg_pieces.streams(session):
+        pg_pieces.copy_row(session, AttachmentContent.__tablename__, ("sha256", "size", "data"),
+                           (sha256.encode(), pg_pieces.bigint(size)), size, pieces)
+        return
     if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
         with carrying(session, size):
             _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
         return
-    view = memoryview(data)
     _stream_into_zeroblob(session, _INSERT_CONTENT_ZEROBLOB, {"sha256": sha256, "size": size},
-                          AttachmentContent, AttachmentContent.sha256 == sha256,
-                          (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD)))
+                          AttachmentContent, AttachmentContent.sha256 == sha256, pieces)
 
 
 _CONTENT_KNOWN = Direct(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == bindparam("sha256")))
