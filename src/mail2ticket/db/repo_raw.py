@@ -3,15 +3,16 @@
 Intake hands the bytes over as a sequence of parts (SMTP DATA arrives in ~1 MiB pieces). On SQLite a large
 message is inserted as `zeroblob(size)` and then filled part by part through SQLite's incremental blob I/O,
 so neither a joined copy nor SQLite's own bound-parameter and record copies of the whole message exist at
-any moment (a 34 MB mail held three such copies before). Small messages, and PostgreSQL (whose driver
-needs one buffer), take the ordinary bound-parameter path.
+any moment (a 34 MB mail held three such copies before). On PostgreSQL (psycopg 3) a large value is written by
+binary COPY in pieces and a large raw mail read in slices (`pg_pieces`). Small values, and psycopg2, take the
+ordinary bound-parameter path.
 
 On PostgreSQL, libpq keeps a connection's send and receive buffers at the size of the largest message they
 carried, for the connection's life, and the pool keeps its connections for the daemon's: every pooled connection
 that once carried a 25 MB mail held 25-75 MB from then on (the daemon grew from 327 to 524 MB over 100 such mails).
-A connection that carried a value of `engine.POSTGRES_KEEP_LIMIT` or more is therefore closed when its session
-ends instead of going back to the pool (`engine.carrying`), and raw bytes are read in binary format (hex text is
-twice the size).
+A connection that carried a value (or a slice) of `engine.POSTGRES_KEEP_LIMIT` or more is therefore closed when its
+session ends instead of going back to the pool (`engine.carrying`, `engine.release_after`), and raw bytes are read
+in binary format (hex text is twice the size).
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
         size, data = int(row[0]), row[1]
         if data is not None:
             return size, iter((bytes(data),))
+        release_after(session, POSTGRES_KEEP_LIMIT)  # libpq keeps its receive buffer at the slice size
         return size, pg_pieces.read_slices(session, _RAW_SLICE, {"inbound_id": inbound_id}, size,
                                            POSTGRES_KEEP_LIMIT)
-    if session.get_bind().dialect.name != "sqlite":  # psycopg2
+    if session.get_bind().dialect.name != "sqlite":  # psycopg2: whole, in text format
         data = _RAW_DATA.scalar(session, {"inbound_id": inbound_id})
         if data is None:
             raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
