@@ -180,12 +180,15 @@ class Digests:
     so little is left to hash once the last part has arrived (a 2.5 MB mail waited 9-15 ms for its hashes under load).
 
     Safe for one thread at a time; `prepared` takes the message's whole list of parts, of which those fed must be
-    the first (the same objects). If the head end lies beyond what was fed when the body was started, or other
-    parts are given, the hashes are computed again from `parts`: the result never depends on how it was fed.
+    the first (the same objects), else it starts again from `parts`. The head end is looked for in the part fed and
+    the one before it (a blank line that straddles them), so that a mail without one costs a linear scan; `prepared`
+    checks it over all parts, and a head end that lies elsewhere (parts shorter than the blank line) restarts the
+    content hash from there: the result never depends on how the message was fed.
     """
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
+        self._size = 0
         self._whole = hashlib.sha256()
         self._bounds: tuple[int, int] | None = None
         self._head = b""
@@ -193,17 +196,16 @@ class Digests:
 
     def feed(self, part: bytes) -> None:
         self._parts.append(part)
+        self._size += len(part)
         self._whole.update(part)
         if self._body is not None:
             self._body.feed(memoryview(part))
             return
-        self._bounds = _head_end(self._parts)
-        if self._bounds is None:
-            return
-        self._head = _head(self._parts, self._bounds)
-        self._body = _BodyDigest(_head_digest(self._head))
-        for view in _slices(self._parts, self._bounds[1], None):
-            self._body.feed(view)
+        window = self._parts[-2:]
+        found = _head_end(window)
+        if found is not None:
+            base = self._size - sum(len(p) for p in window)
+            self._start_body(self._parts, (base + found[0], base + found[1]))
 
     def prepared(self, parts: Sequence[bytes], envelope: Envelope) -> Prepared:
         fed = len(self._parts)
@@ -211,16 +213,26 @@ class Digests:
             return Digests().prepared(parts, envelope)
         for part in parts[fed:]:
             self.feed(part)
-        if self._body is not None and _head_end(parts) != self._bounds:
-            return Digests().prepared(parts, envelope)  # not expected: a head end is found where it first appears
-        if self._body is None:  # no blank line: the whole message is its head
+        bounds = _head_end(parts)
+        if bounds is None:  # no blank line: the whole message is its head
             head = _head(parts, None)
             content = _head_digest(head).hexdigest()
         else:
+            if bounds != self._bounds or self._body is None:
+                self._start_body(parts, bounds)
+            assert self._body is not None
             head = self._head
             content = self._body.digest.hexdigest()
-        return Prepared(parts=parts, envelope=envelope, size=sum(len(p) for p in parts),
-                        sha256=self._whole.hexdigest(), content_hash=content, message_id=_message_id(head))
+        return Prepared(parts=parts, envelope=envelope, size=self._size, sha256=self._whole.hexdigest(),
+                        content_hash=content, message_id=_message_id(head))
+
+    def _start_body(self, parts: Sequence[bytes], bounds: tuple[int, int]) -> None:
+        """The content hash from the head up to `bounds`, then the body fed so far."""
+        self._bounds = bounds
+        self._head = _head(parts, bounds)
+        self._body = _BodyDigest(_head_digest(self._head))
+        for view in _slices(parts, bounds[1], None):
+            self._body.feed(view)
 
 
 def header_message_id(raw: bytes) -> str | None:
