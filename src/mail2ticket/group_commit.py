@@ -186,23 +186,39 @@ class GroupCommitter:
 
 class PartHashing:
     """`intake.Digests` of one message, fed in the pool with each part as it is given, in order, while the rest of
-    the message is still read: a large mail's 250 no longer waits for all of its hashing after the last byte."""
+    the message is still read: a large mail's 250 no longer waits for all of its hashing after the last byte.
+
+    A `smtp_data.PartSink`. When its parts are discarded (refused data) or the pool takes no more work (the daemon
+    stops), it lets go of what it was given and `store` hashes the message whole, as for a small one.
+    """
 
     def __init__(self, executor: Executor) -> None:
         self._digests = Digests()
         self._executor = executor
         self._last: Future[Any] | None = None
+        self._stopped = False
 
     @property
     def started(self) -> bool:
         return self._last is not None
 
-    def __call__(self, part: bytes) -> None:
-        self._last = self._executor.submit(self._after, self._last, self._digests.feed, part)
+    def add(self, part: bytes) -> None:
+        if self._stopped:
+            return
+        try:
+            self._last = self._executor.submit(self._after, self._last, self._digests.feed, part)
+        except RuntimeError:  # the pool is shut down
+            self.discard()
+
+    def discard(self) -> None:
+        self._stopped = True
+        self._digests = Digests()  # jobs still queued keep the old one only until they have run
+        self._last = None
 
     def prepared(self, parts: Sequence[bytes], envelope: Envelope) -> Future[Prepared]:
         """The message's `Prepared`, once every part given before has been fed (`parts` is all of them)."""
-        return self._executor.submit(self._after, self._last, self._digests.prepared, parts, envelope)
+        self._last = self._executor.submit(self._after, self._last, self._digests.prepared, parts, envelope)
+        return self._last
 
     @staticmethod
     def _after(previous: Future[Any] | None, step: Callable[..., Any], *args: Any) -> Any:

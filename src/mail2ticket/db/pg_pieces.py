@@ -75,8 +75,11 @@ def copy_row(session: Session, table: str, columns: Sequence[str], fields: Seque
 
 def read_slices(session: Session, query: Any, params: dict[str, Any], size: int, piece: int) -> Iterator[bytes]:
     """The `size` bytes of a stored value in slices of `piece`: `query` (a `Direct` with binary results) selects
-    ``substring(value from :start for :length)``; `params` names the row. Read lazily, inside the session."""
+    ``substring(value from :start for :length)``; `params` names the row. Read lazily, inside the session's
+    transaction: once that has ended, the session would begin another one, on another connection."""
     for start in range(0, size, piece):
+        if not session.in_transaction():
+            raise RuntimeError("slices of a stored value read after the transaction that found it ended")
         data = query.scalar(session, {**params, "start": start + 1, "length": piece})
         if data is None or len(data) != min(piece, size - start):
             raise LookupError(f"stored value changed while it was read (at byte {start} of {size})")

@@ -194,7 +194,7 @@ class _ShutdownAwareSMTP(SMTP):
         hashing = self.handler_ref.part_hashing()
         try:
             result = await read_data(reader, line_length_limit=self.line_length_limit, size_limit=self.data_size_limit,
-                                     on_part=hashing)
+                                     sink=hashing)
         except asyncio.CancelledError:
             self._writer.close()
             raise
