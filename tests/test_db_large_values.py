@@ -168,3 +168,14 @@ def test_a_mail_with_a_large_body_closes_the_connection_that_stored_its_article(
     finally:
         processor.close()
         services.close()
+
+
+def test_slices_of_a_large_mail_are_not_read_after_their_transaction_ended(engine: Engine) -> None:
+    """Read after the session ended, the slices would come from a new transaction on another connection, which
+    nothing closes: the reader fails loudly instead, as SQLite's blob reader does."""
+    factory = make_sessionmaker(engine)
+    stored = store(factory, _large_mail(times=2), Envelope("smtp", mail_from="buerger@example.org"))
+    with unit_of_work(factory) as session:
+        _, pieces = read_raw(session, stored.inbound_id)
+    with pytest.raises(RuntimeError, match="after the transaction"):
+        next(pieces)
