@@ -16,7 +16,7 @@ from mail2ticket import intake
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.db.models import InboundMessage, RawMessage
 from mail2ticket.failpoints import FailpointError
-from mail2ticket.group_commit import GroupCommitter, PartHashing
+from mail2ticket.group_commit import GroupCommitter
 from mail2ticket.intake import Envelope, Stored, prepare, store
 from tests.support.mails import citizen_mail
 
@@ -141,29 +141,3 @@ def test_value_the_server_refuses_fails_only_that_message(
     with pytest.raises(DataError):
         bad_future.result(10)
     assert committer.batches == 1 and count(factory) == 1
-
-
-def test_part_hashing_on_a_pool_that_was_shut_down_falls_back_to_hashing_the_whole_message() -> None:
-    """The daemon stops while a large mail still arrives: handing a part on neither raises (which would end the DATA
-    read early) nor counts as started, so `store` hashes the mail whole (and, with the pool gone, answers 451)."""
-    pool = ThreadPoolExecutor(1)
-    pool.shutdown()
-    hashing = PartHashing(pool)
-    hashing.add(b"x" * 100)
-    assert not hashing.started
-    hashing.add(b"y" * 100)
-    assert not hashing.started
-
-
-def test_part_hashing_gives_the_hashes_of_the_whole_message() -> None:
-    raw = citizen_mail(message_id="<teile@example.org>") + b"Zeile\r\n" * 1000
-    parts = [raw[i:i + 1000] for i in range(0, len(raw), 1000)]
-    envelope = Envelope("smtp")
-    with ThreadPoolExecutor(2) as pool:
-        hashing = PartHashing(pool)
-        for part in parts[:-1]:
-            hashing.add(part)
-        prepared = hashing.prepared(parts, envelope).result()
-    expected = prepare(raw, envelope)
-    assert (prepared.sha256, prepared.content_hash, prepared.message_id) == \
-           (expected.sha256, expected.content_hash, expected.message_id)

@@ -84,32 +84,3 @@ def test_prepare_of_parts_equals_prepare_of_the_whole() -> None:
     assert whole.sha256 == hashlib.sha256(raw).hexdigest()
     assert whole.content_hash == reference_hash(raw)
     assert whole.message_id == header_message_id(raw) == "<p@example.org>"
-
-
-def _fields(prepared: intake.Prepared) -> tuple[int, str, str, str | None]:
-    return prepared.size, prepared.sha256, prepared.content_hash, prepared.message_id
-
-
-def test_hashes_fed_part_by_part_as_a_mail_arrives_equal_those_of_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SMTP hashes each part of a large mail as it arrives; whatever was fed before the last part came, the hashes,
-    size and Message-ID are those of the whole message (the content hash decides what counts as a duplicate)."""
-    monkeypatch.setattr(intake, "HASH_PIECE", 4)
-    rng = random.Random(11)
-    alphabet = [b"\r", b"\n", b"\r\n", b"a", b":", b" ", b"\t", b"Received", b"Message-ID: <m@x>", b"\r\n\r\n"]
-    messages = SAMPLES + [b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(1500)]
-    envelope = Envelope("smtp")
-    for raw in messages:
-        expected = (len(raw), hashlib.sha256(raw).hexdigest(), reference_hash(raw), header_message_id(raw))
-        parts = split_randomly(raw, rng)
-        digests = intake.Digests()
-        for part in parts[:rng.randint(0, len(parts))]:
-            digests.feed(part)
-        assert _fields(digests.prepared(parts, envelope)) == expected, (raw, parts)
-
-
-def test_hashes_fed_with_other_parts_than_the_message_are_computed_again() -> None:
-    """Parts fed that are not the message's own first parts never leak into its hashes."""
-    raw = b"Message-ID: <a@example.org>\r\n\r\nText\r\n"
-    digests = intake.Digests()
-    digests.feed(b"Subject: another mail\r\n\r\n")
-    assert _fields(digests.prepared([raw], Envelope("smtp"))) == _fields(prepare(raw, Envelope("smtp")))

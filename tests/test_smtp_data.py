@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mail2ticket.ingress.smtp_data import PartSink, read_data
+from mail2ticket.ingress.smtp_data import read_data
 
 LINE_LIMIT = 1001
 
@@ -32,8 +32,7 @@ def line_by_line(stream: bytes, size_limit: int | None) -> tuple[bytes | str, by
     return b"".join(line[1:] if line[:1] == b"." else line for line in lines), stream[pos:]
 
 
-async def blockwise(stream: bytes, pieces: list[int], size_limit: int | None,
-                    sink: PartSink | None = None) -> tuple[bytes | str, bytes]:
+async def blockwise(stream: bytes, pieces: list[int], size_limit: int | None) -> tuple[bytes | str, bytes]:
     """The reader's result when the stream arrives in `pieces` (then the rest): each piece is fed only once the
     reader has taken everything before it, so every piece boundary is a boundary between two reads."""
     reader = asyncio.StreamReader(limit=LINE_LIMIT)
@@ -49,7 +48,7 @@ async def blockwise(stream: bytes, pieces: list[int], size_limit: int | None,
         reader.feed_eof()
 
     feeding = asyncio.ensure_future(arrive())
-    result = await read_data(reader, line_length_limit=LINE_LIMIT, size_limit=size_limit, sink=sink)
+    result = await read_data(reader, line_length_limit=LINE_LIMIT, size_limit=size_limit)
     done = True
     await feeding
     rest = await reader.read()
@@ -116,47 +115,3 @@ def test_a_line_at_the_limit_among_short_ones_is_judged_exactly(filler: bytes, l
     expected = line_by_line(stream, None)
     assert (expected[0] == "500") == (length > LINE_LIMIT)
     assert asyncio.run(blockwise(stream, [], None)) == expected
-
-
-class _RecordingSink:
-    def __init__(self, *, fails: bool = False) -> None:
-        self.added: list[bytes] = []
-        self.discarded = False
-        self.fails = fails
-
-    def add(self, part: bytes) -> None:
-        if self.fails:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        self.added.append(part)
-
-    def discard(self) -> None:
-        self.discarded = True
-
-
-_ATTACHMENT = b"Subject: gross\r\n\r\n" + (b"QUJD" * 19 + b"\r\n") * 40_000
-
-
-def test_each_complete_part_goes_to_the_sink_while_the_data_still_arrives() -> None:
-    sink = _RecordingSink()
-    got, rest = asyncio.run(blockwise(_ATTACHMENT + b".\r\nQUIT\r\n", [65_536] * 3, None, sink))
-    assert (got, rest) == (_ATTACHMENT, b"QUIT\r\n")
-    given = b"".join(sink.added)
-    assert len(sink.added) == 2 and given == _ATTACHMENT[:len(given)] and not sink.discarded  # all parts but the last
-
-
-def test_refused_data_lets_go_of_the_parts_given_to_the_sink() -> None:
-    """A mail over the size limit: the parts handed on before the limit was crossed are dropped there too."""
-    sink = _RecordingSink()
-    got, rest = asyncio.run(blockwise(_ATTACHMENT + b".\r\nQUIT\r\n", [65_536] * 3, 2_500_000, sink))
-    assert (got, rest) == ("552", b"QUIT\r\n")
-    assert sink.discarded
-
-
-def test_a_sink_that_fails_gets_no_more_parts_and_the_data_is_still_read_to_its_end() -> None:
-    """The intake pool shut down mid-DATA: the rest of the message must never be read as SMTP commands."""
-    sink = _RecordingSink(fails=True)
-    commands_in_the_body = b"RSET\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<bauamt@stadt.example>\r\n"
-    stream = _ATTACHMENT + commands_in_the_body + b".\r\nQUIT\r\n"
-    got, rest = asyncio.run(blockwise(stream, [65_536] * 3, None, sink))
-    assert (got, rest) == (_ATTACHMENT + commands_in_the_body, b"QUIT\r\n")
-    assert sink.discarded

@@ -137,8 +137,8 @@ def test_large_message_with_dot_lines_is_stored_byte_exact(app: App) -> None:
     assert stored == raw
 
 
-def test_large_message_hashed_while_it_arrives_is_recognised_when_redelivered(app: App) -> None:
-    """The 1 MiB parts of a ~3 MB message are hashed while the rest of its DATA arrives. Its hashes are those of the
+def test_large_message_redelivered_through_another_relay_is_one_row(app: App) -> None:
+    """A ~3 MB message arrives in several 1 MiB DATA parts, hashed without joining them. Its hashes are those of the
     whole message, so the same mail delivered again through another relay (one more Received line) is one row."""
     attachment = base64.encodebytes(random.Random(3).randbytes(2_300_000)).replace(b"\n", b"\r\n")
     raw = citizen_mail(message_id="<plan@example.org>").split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" + attachment

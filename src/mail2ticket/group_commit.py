@@ -2,11 +2,10 @@
 transactions, so concurrent sessions share one fsync instead of queueing on SQLite's write lock one by one.
 
 A session hands over its message (`store`); hashing and the Message-ID are computed first (in the intake
-thread pool for large messages, part by part while DATA still arrives: `PartHashing`), then the message waits in
-a queue. The committer takes whatever is queued (up to `max_batch` messages or `max_batch_bytes`, never waiting
-for more: under light load a batch is one message and costs what it did before), inserts each one with
-`intake.insert` in one transaction, commits, and only then resolves the sessions' futures, so 250 still means
-"committed durably".
+thread pool for large messages), then the message waits in a queue. The committer takes whatever is queued
+(up to `max_batch` messages or `max_batch_bytes`, never waiting for more: under light load a batch is one
+message and costs what it did before), inserts each one with `intake.insert` in one transaction, commits,
+and only then resolves the sessions' futures, so 250 still means "committed durably".
 
 | situation                                              | effect for the sessions of the batch              |
 |--------------------------------------------------------|---------------------------------------------------|
@@ -30,7 +29,6 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import DataError
@@ -38,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mail2ticket.db.engine import unit_of_work
 from mail2ticket.failpoints import failpoint
-from mail2ticket.intake import Digests, Envelope, Prepared, Stored, insert_or_existing, prepare
+from mail2ticket.intake import Envelope, Prepared, Stored, insert_or_existing, prepare
 
 log = structlog.get_logger("mail2ticket.intake")
 
@@ -81,17 +79,10 @@ class GroupCommitter:
             self._queue.put(None)
             self._thread.join(timeout)
 
-    def part_hashing(self) -> PartHashing:
-        """For a message that arrives in parts: each is hashed in the pool as soon as it is given."""
-        return PartHashing(self._executor)
-
-    async def store(self, parts: Sequence[bytes], envelope: Envelope, hashing: PartHashing | None = None) -> Stored:
-        """Hash the message (what `hashing` was given of it already is not hashed again), queue it, and return once
-        the transaction holding it has committed."""
+    async def store(self, parts: Sequence[bytes], envelope: Envelope) -> Stored:
+        """Hash the message, queue it, and return once the transaction holding it has committed."""
         size = sum(len(p) for p in parts)
-        if hashing is not None and hashing.started:
-            prepared = await asyncio.wrap_future(hashing.prepared(parts, envelope))
-        elif size <= INLINE_PREPARE_BYTES:
+        if size <= INLINE_PREPARE_BYTES:
             prepared = prepare(parts, envelope)
         else:
             prepared = await asyncio.get_running_loop().run_in_executor(self._executor, prepare, parts, envelope)
@@ -182,47 +173,3 @@ class GroupCommitter:
         except DataError as exc:  # a value the server refuses: only this session fails (its savepoint is gone)
             log.warning("intake_message_refused", size=prepared.size, error=str(exc)[:200])
             return exc
-
-
-class PartHashing:
-    """`intake.Digests` of one message, fed in the pool with each part as it is given, in order, while the rest of
-    the message is still read: a large mail's 250 no longer waits for all of its hashing after the last byte.
-
-    A `smtp_data.PartSink`. When its parts are discarded (refused data) or the pool takes no more work (the daemon
-    stops), it lets go of what it was given and `store` hashes the message whole, as for a small one.
-    """
-
-    def __init__(self, executor: Executor) -> None:
-        self._digests = Digests()
-        self._executor = executor
-        self._last: Future[Any] | None = None
-        self._stopped = False
-
-    @property
-    def started(self) -> bool:
-        return self._last is not None
-
-    def add(self, part: bytes) -> None:
-        if self._stopped:
-            return
-        try:
-            self._last = self._executor.submit(self._after, self._last, self._digests.feed, part)
-        except RuntimeError:  # the pool is shut down
-            self.discard()
-
-    def discard(self) -> None:
-        self._stopped = True
-        self._digests = Digests()  # jobs still queued keep the old one only until they have run
-        self._last = None
-
-    def prepared(self, parts: Sequence[bytes], envelope: Envelope) -> Future[Prepared]:
-        """The message's `Prepared`, once every part given before has been fed (`parts` is all of them)."""
-        self._last = self._executor.submit(self._after, self._last, self._digests.prepared, parts, envelope)
-        return self._last
-
-    @staticmethod
-    def _after(previous: Future[Any] | None, step: Callable[..., Any], *args: Any) -> Any:
-        if previous is not None:
-            # The pool takes its work in order, so the step before has started already: this wait cannot deadlock.
-            previous.result()
-        return step(*args)

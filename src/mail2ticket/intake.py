@@ -105,31 +105,27 @@ def _slices(parts: Sequence[bytes], start: int, stop: int | None) -> Iterator[me
             return
 
 
-class _BodyDigest:
-    """digest.update(re.sub(rb"\r\n?", b"\n", body).rstrip(b"\n")), fed in pieces instead of two full copies."""
-
-    def __init__(self, digest: Any) -> None:
-        self.digest = digest
-        self._held = 0  # newlines produced but not yet written: dropped if nothing else follows (the rstrip)
-        self._carry_cr = False  # a CR at a piece end may pair with an LF at the start of the next piece
-
-    def feed(self, view: memoryview) -> None:
+def _feed_body(digest: Any, views: Iterator[memoryview]) -> None:
+    """digest.update(re.sub(rb"\r\n?", b"\n", body).rstrip(b"\n")), in bounded pieces instead of two full copies."""
+    held = 0  # newlines produced but not yet written: dropped if nothing else follows (the rstrip)
+    carry_cr = False  # a CR at a piece end may pair with an LF at the start of the next piece
+    for view in views:
         for lo in range(0, len(view), HASH_PIECE):
             piece = bytes(view[lo : lo + HASH_PIECE])
-            if self._carry_cr:
+            if carry_cr:
                 piece = b"\r" + piece
-            self._carry_cr = piece.endswith(b"\r")
-            if self._carry_cr:
+            carry_cr = piece.endswith(b"\r")
+            if carry_cr:
                 piece = piece[:-1]
             normal = _line_ends_to_lf(piece)
             kept = normal.rstrip(b"\n")
             if kept:
-                if self._held:
-                    self.digest.update(b"\n" * self._held)
-                self.digest.update(kept)
-                self._held = len(normal) - len(kept)
+                if held:
+                    digest.update(b"\n" * held)
+                digest.update(kept)
+                held = len(normal) - len(kept)
             else:
-                self._held += len(normal)
+                held += len(normal)
 
 
 def _line_ends_to_lf(piece: bytes) -> bytes:
@@ -144,7 +140,9 @@ def content_hash(raw: bytes | Sequence[bytes]) -> str:
 
     Takes the bytes or the parts they arrived in; the head is copied (it is small), the body only piecewise.
     """
-    return Digests().prepared(_as_parts(raw), Envelope("cli")).content_hash
+    parts = _as_parts(raw)
+    bounds = _head_end(parts)
+    return _content_hash(parts, bounds, _head(parts, bounds))
 
 
 def _as_parts(raw: bytes | Sequence[bytes]) -> Sequence[bytes]:
@@ -155,8 +153,7 @@ def _head(parts: Sequence[bytes], bounds: tuple[int, int] | None) -> bytes:
     return b"".join(_slices(parts, 0, bounds[0] if bounds is not None else None))
 
 
-def _head_digest(head: bytes) -> Any:
-    """The content hash's sha256, fed with the head: its lines without the trace headers, then a blank line."""
+def _content_hash(parts: Sequence[bytes], bounds: tuple[int, int] | None, head: bytes) -> str:
     lines = re.split(rb"\r?\n", head)
     kept: list[bytes] = []
     skipping = False
@@ -172,67 +169,9 @@ def _head_digest(head: bytes) -> Any:
     digest = hashlib.sha256()
     digest.update(b"\n".join(kept))
     digest.update(b"\n\n")
-    return digest
-
-
-class Digests:
-    """`prepare`'s hashes, computed part by part: SMTP feeds each ~1 MiB part of a large mail as DATA completes it,
-    so little is left to hash once the last part has arrived (a 2.5 MB mail waited 9-15 ms for its hashes under load).
-
-    Safe for one thread at a time; `prepared` takes the message's whole list of parts, of which those fed must be
-    the first (the same objects), else it starts again from `parts`. The head end is looked for in the part fed and
-    the one before it (a blank line that straddles them), so that a mail without one costs a linear scan; `prepared`
-    checks it over all parts, and a head end that lies elsewhere (parts shorter than the blank line) restarts the
-    content hash from there: the result never depends on how the message was fed.
-    """
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._whole = hashlib.sha256()
-        self._bounds: tuple[int, int] | None = None
-        self._head = b""
-        self._body: _BodyDigest | None = None
-
-    def feed(self, part: bytes) -> None:
-        self._parts.append(part)
-        self._size += len(part)
-        self._whole.update(part)
-        if self._body is not None:
-            self._body.feed(memoryview(part))
-            return
-        window = self._parts[-2:]
-        found = _head_end(window)
-        if found is not None:
-            base = self._size - sum(len(p) for p in window)
-            self._start_body(self._parts, (base + found[0], base + found[1]))
-
-    def prepared(self, parts: Sequence[bytes], envelope: Envelope) -> Prepared:
-        fed = len(self._parts)
-        if fed > len(parts) or any(a is not b for a, b in zip(self._parts, parts)):
-            return Digests().prepared(parts, envelope)
-        for part in parts[fed:]:
-            self.feed(part)
-        bounds = _head_end(parts)
-        if bounds is None:  # no blank line: the whole message is its head
-            head = _head(parts, None)
-            content = _head_digest(head).hexdigest()
-        else:
-            if bounds != self._bounds or self._body is None:
-                self._start_body(parts, bounds)
-            assert self._body is not None
-            head = self._head
-            content = self._body.digest.hexdigest()
-        return Prepared(parts=parts, envelope=envelope, size=self._size, sha256=self._whole.hexdigest(),
-                        content_hash=content, message_id=_message_id(head))
-
-    def _start_body(self, parts: Sequence[bytes], bounds: tuple[int, int]) -> None:
-        """The content hash from the head up to `bounds`, then the body fed so far."""
-        self._bounds = bounds
-        self._head = _head(parts, bounds)
-        self._body = _BodyDigest(_head_digest(self._head))
-        for view in _slices(parts, bounds[1], None):
-            self._body.feed(view)
+    if bounds is not None:
+        _feed_body(digest, _slices(parts, bounds[1], None))
+    return digest.hexdigest()
 
 
 def header_message_id(raw: bytes) -> str | None:
@@ -281,7 +220,14 @@ class Prepared:
 
 def prepare(raw: bytes | Sequence[bytes], envelope: Envelope) -> Prepared:
     """Hashes, size and Message-ID of a message given whole or as the parts it arrived in."""
-    return Digests().prepared(_as_parts(raw), envelope)
+    parts = _as_parts(raw)
+    bounds = _head_end(parts)
+    head = _head(parts, bounds)
+    whole = hashlib.sha256()
+    for part in parts:
+        whole.update(part)
+    return Prepared(parts=parts, envelope=envelope, size=sum(len(p) for p in parts), sha256=whole.hexdigest(),
+                    content_hash=_content_hash(parts, bounds, head), message_id=_message_id(head))
 
 
 def find_duplicate(session: Session, prepared: Prepared) -> int | None:

@@ -15,8 +15,8 @@ DATA is answered once the transaction holding this message has committed. In LMT
 one line per accepted recipient, as RFC 2033 requires.
 
 Memory: DATA is collected into parts of about 1 MiB (`PartsEnvelope.parts`) instead of aiosmtpd's list of
-one object per line joined into a second full copy at the end; intake hashes each part as soon as it is complete
-(while the rest arrives) and stores the parts without joining them. The framing rules (CRLF-only line ends, the lone-dot terminator, dot-unstuffing, the line and
+one object per line joined into a second full copy at the end; intake hashes and stores the parts without
+joining them. The framing rules (CRLF-only line ends, the lone-dot terminator, dot-unstuffing, the line and
 size limits) are aiosmtpd 1.4.6's, copied from its `smtp_DATA`, which includes the SMTP smuggling fix.
 """
 
@@ -40,7 +40,6 @@ from email.errors import HeaderParseError
 
 from mail2ticket.config.model import Config, SmtpInConfig
 from mail2ticket.failpoints import failpoint
-from mail2ticket.group_commit import PartHashing
 from mail2ticket.ingress.smtp_data import BLOCK_BYTES, read_data
 from mail2ticket.intake import Envelope, Stored
 
@@ -50,12 +49,7 @@ log = structlog.get_logger("mail2ticket.smtp")
 class Intake(Protocol):
     """Where DATA goes: returns once the message is committed durably (raises when it is not)."""
 
-    def part_hashing(self) -> PartHashing:
-        """Takes the parts of a large message as DATA completes them, to hash them while the rest arrives."""
-        ...
-
-    async def store(self, parts: Sequence[bytes], envelope: Envelope, hashing: PartHashing | None = None) -> Stored:
-        ...
+    async def store(self, parts: Sequence[bytes], envelope: Envelope) -> Stored: ...
 
 
 OK = "250 2.0.0 OK: queued as {id}"
@@ -130,10 +124,9 @@ class IntakeHandler:
             rcpt_to=tuple(envelope.rcpt_tos),
             peer=str(session.peer[0]) if isinstance(session.peer, tuple) else None,
         )
-        hashing = envelope.hashing if isinstance(envelope, PartsEnvelope) else None
         self.in_flight += 1
         try:
-            stored = await self._intake.store(parts, intake, hashing)
+            stored = await self._intake.store(parts, intake)
         except Exception:
             log.exception("smtp_intake_failed", size=size)
             return self._reply(TEMPFAIL, envelope)
@@ -143,9 +136,6 @@ class IntakeHandler:
         log.info("smtp_received", inbound_id=stored.inbound_id, duplicate=stored.duplicate, size=size,
                  recipients=len(envelope.rcpt_tos))
         return self._reply(OK.format(id=stored.inbound_id), envelope)
-
-    def part_hashing(self) -> PartHashing:
-        return self._intake.part_hashing()
 
     def _reply(self, line: str, envelope: SmtpEnvelope) -> str:
         if self._protocol == "lmtp":
@@ -158,13 +148,11 @@ class IntakeHandler:
 
 
 class PartsEnvelope(SmtpEnvelope):
-    """aiosmtpd's envelope plus the message as the parts DATA collected (None until DATA is complete), and the
-    hashing that took its parts as they came."""
+    """aiosmtpd's envelope plus the message as the parts DATA collected (None until DATA is complete)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.parts: list[bytes] | None = None
-        self.hashing: PartHashing | None = None
 
 
 class _ShutdownAwareSMTP(SMTP):
@@ -191,10 +179,8 @@ class _ShutdownAwareSMTP(SMTP):
         reader = self._reader
         line_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = max(line_limit, BLOCK_BYTES)  # type: ignore[attr-defined]  # fewer transport pauses
-        hashing = self.handler_ref.part_hashing()
         try:
-            result = await read_data(reader, line_length_limit=self.line_length_limit, size_limit=self.data_size_limit,
-                                     sink=hashing)
+            result = await read_data(reader, line_length_limit=self.line_length_limit, size_limit=self.data_size_limit)
         except asyncio.CancelledError:
             self._writer.close()
             raise
@@ -205,7 +191,6 @@ class _ShutdownAwareSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
         envelope.parts = result.parts
-        envelope.hashing = hashing
         if len(envelope.parts) == 1:  # aiosmtpd's fields, for small messages (no copy: the same object)
             envelope.content = envelope.original_content = envelope.parts[0]
         status = await self._call_handler_hook("DATA")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Protocol
 
 BLOCK_BYTES = 256 << 10
 PART_BYTES = 1 << 20
@@ -28,42 +27,20 @@ class DataResult:
     error: str | None = None  # the SMTP reply when the data was refused
 
 
-class PartSink(Protocol):
-    """Takes each part of the message but the last as soon as it is complete (the intake hashes it meanwhile)."""
-
-    def add(self, part: bytes) -> None: ...
-
-    def discard(self) -> None:
-        """The parts given so far are dropped (the data was refused, or `add` failed); no more will come."""
-
-
 class _Parts:
-    def __init__(self, sink: PartSink | None) -> None:
+    def __init__(self) -> None:
         self.parts: list[bytes] = []
         self._current = bytearray()
-        self._sink = sink
 
     def add(self, data: bytes) -> None:
         self._current += data
         if len(self._current) >= PART_BYTES:
             self.parts.append(bytes(self._current))
             self._current = bytearray()
-            if self._sink is not None:
-                try:
-                    self._sink.add(self.parts[-1])
-                except Exception:  # noqa: BLE001 - the data is read to its end whatever the sink does: raising
-                    # here would leave the rest of the message in the stream, to be read as commands.
-                    self._drop_sink()
 
     def discard(self) -> None:
         self.parts.clear()
         self._current = bytearray()
-        self._drop_sink()
-
-    def _drop_sink(self) -> None:
-        sink, self._sink = self._sink, None
-        if sink is not None:
-            sink.discard()
 
     def finish(self) -> list[bytes]:
         if self._current or not self.parts:
@@ -74,10 +51,10 @@ class _Parts:
 class _Data:
     """Consumes complete lines; decides 500/552 the way aiosmtpd does (the first breach wins)."""
 
-    def __init__(self, line_length_limit: int, size_limit: int | None, sink: PartSink | None = None) -> None:
+    def __init__(self, line_length_limit: int, size_limit: int | None) -> None:
         self.line_length_limit = line_length_limit
         self.size_limit = size_limit
-        self.parts = _Parts(sink)
+        self.parts = _Parts()
         self.size = 0
         self.error: str | None = None
 
@@ -121,12 +98,9 @@ def _has_line_over(data: bytes, limit: int) -> bool:
     return max(map(len, data.split(b"\r\n"))) + 2 > limit
 
 
-async def read_data(reader: asyncio.StreamReader, *, line_length_limit: int, size_limit: int | None,
-                    sink: PartSink | None = None) -> DataResult:
-    """Read DATA up to its terminator; raises asyncio.IncompleteReadError if the connection ends first.
-
-    `sink` is given each part but the last as soon as it is complete, and told when they are discarded."""
-    data = _Data(line_length_limit, size_limit, sink)
+async def read_data(reader: asyncio.StreamReader, *, line_length_limit: int, size_limit: int | None) -> DataResult:
+    """Read DATA up to its terminator; raises asyncio.IncompleteReadError if the connection ends first."""
+    data = _Data(line_length_limit, size_limit)
     buf = bytearray()
     mid_line = False  # buf starts inside an over-long line whose head was discarded
     while True:
