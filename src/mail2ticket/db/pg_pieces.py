@@ -2,11 +2,12 @@
 
 A bound parameter goes to the server as one protocol message, which libpq copies whole into the connection's send
 buffer; a value read comes as one message, which libpq keeps whole in its receive buffer and again in its result
-before Python copies it. For a mail with a 25 MB attachment (34 MB of base64) that was the daemon's peak: the
-received parts, their join for the parameter, and libpq's copy of it. COPY takes a row's data as a stream of
-messages instead, which psycopg sends in pieces of at most 128 KiB and flushes every 1 MiB, so the value never
-exists whole in this process or in libpq; reading `substring`s of a stored value does the same the other way. Both
-stay inside the session's transaction and savepoint, as any statement of it.
+before Python copies it. For a mail with a 25 MB attachment (34 MB of base64) that made the daemon's peak: 98 MB above
+its RSS while processing read the mail back, 65 MB while intake stored it (the parts, their join for the parameter,
+libpq's copy). COPY takes a row's data as a stream of messages instead, which psycopg sends in pieces of at most
+128 KiB and flushes every 1 MiB, so the value never exists whole in this process or in libpq; reading `substring`s
+of a stored value does the same the other way. Both stay inside the session's transaction and savepoint, as any
+statement of it.
 
 libpq keeps its buffers at the largest size they reached for the connection's life (1-2 MiB after such a COPY, a
 slice's size after a read), so a connection that carried a value of `engine.POSTGRES_KEEP_LIMIT` or more still

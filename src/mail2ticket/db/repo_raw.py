@@ -60,7 +60,8 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
     """Size and bytes (in pieces of `piece`, read lazily) of a stored message; LookupError if it is gone.
 
     On SQLite the pieces come from incremental blob I/O, so neither SQLite nor this process holds the whole
-    message at once (reading the column would: SQLite assembles the blob, Python copies it).
+    message at once (reading the column would: SQLite assembles the blob, Python copies it). On PostgreSQL a message
+    of `engine.POSTGRES_KEEP_LIMIT` or more comes in slices of that size (`pg_pieces.read_slices`), a smaller one whole.
     """
     if pg_pieces.streams(session):  # a large value in slices, so that libpq never holds it whole
         row = _RAW_SIZE_OR_DATA.first(session, {"inbound_id": inbound_id})
