@@ -81,7 +81,8 @@ def test_large_mail_goes_in_and_out_in_pieces_on_connections_that_then_close(eng
     envelope = Envelope("smtp", mail_from="buerger@example.org", rcpt_to=("bauamt@stadt.example",))
     pid = _backend_pid(factory)
     stored: list[Stored] = []
-    assert _python_peak(lambda: stored.append(store(factory, parts, envelope))) < len(raw) // 8
+    # hashing works on 1 MiB pieces (and their normalised copies); the mail whole would be 25 MB
+    assert _python_peak(lambda: stored.append(store(factory, parts, envelope))) < len(raw) // 4
     assert not _alive(engine, pid)
     pid = _backend_pid(factory)
 
