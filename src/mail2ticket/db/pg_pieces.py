@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from mail2ticket.db.direct import Direct
 from mail2ticket.db.engine import release_after
 
 if TYPE_CHECKING:  # an optional dependency (the postgres extra)
@@ -74,8 +75,8 @@ def copy_row(session: Session, table: str, columns: Sequence[str], fields: Seque
     release_after(session, size)
 
 
-def read_slices(session: Session, query: Any, params: dict[str, Any], size: int, piece: int) -> Iterator[bytes]:
-    """The `size` bytes of a stored value in slices of `piece`: `query` (a `Direct` with binary results) selects
+def read_slices(session: Session, query: Direct, params: dict[str, Any], size: int, piece: int) -> Iterator[bytes]:
+    """The `size` bytes of a stored value in slices of `piece`: `query` (with binary results) selects
     ``substring(value from :start for :length)``; `params` names the row. Read lazily, inside the session's
     transaction: once that has ended, the session would begin another one, on another connection."""
     for start in range(0, size, piece):

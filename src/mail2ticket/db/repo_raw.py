@@ -37,18 +37,16 @@ STREAM_THRESHOLD = 1 << 20
 
 def add_raw(session: Session, inbound_id: int, parts: Sequence[bytes], size: int) -> None:
     """Insert the raw bytes of inbound row `inbound_id` (already flushed) inside the current transaction."""
-    connection = session.connection()
     if size >= STREAM_THRESHOLD and pg_pieces.streams(session):
         pg_pieces.copy_row(session, RawMessage.__tablename__, ("inbound_id", "data"), (pg_pieces.bigint(inbound_id),),
                            size, parts)
-        return
-    if connection.dialect.name != "sqlite" or size < STREAM_THRESHOLD:
+    elif size >= STREAM_THRESHOLD and _on_sqlite(session):
+        _stream_into_zeroblob(session, _INSERT_ZEROBLOB, {"inbound_id": inbound_id, "size": size},
+                              RawMessage, RawMessage.inbound_id == inbound_id, parts)
+    else:
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         with carrying(session, size):
             _INSERT_RAW.execute(session, {"inbound_id": inbound_id, "data": data})
-        return
-    _stream_into_zeroblob(session, _INSERT_ZEROBLOB, {"inbound_id": inbound_id, "size": size},
-                          RawMessage, RawMessage.inbound_id == inbound_id, parts)
 
 
 _INSERT_RAW = Direct(insert(RawMessage).values(inbound_id=bindparam("inbound_id"), data=bindparam("data")))
@@ -134,18 +132,24 @@ def add_content(session: Session, sha256: str, data: bytes) -> None:
     if _CONTENT_KNOWN.scalar(session, {"sha256": sha256}) is not None:
         return
     size = len(data)
-    view = memoryview(data)
-    pieces = (view[start : start + STREAM_THRESHOLD] for start in range(0, size, STREAM_THRESHOLD))
     if size >= STREAM_THRESHOLD and pg_pieces.streams(session):
         pg_pieces.copy_row(session, AttachmentContent.__tablename__, ("sha256", "size", "data"),
-                           (sha256.encode(), pg_pieces.bigint(size)), size, pieces)
-        return
-    if session.get_bind().dialect.name != "sqlite" or size < STREAM_THRESHOLD:
+                           (sha256.encode(), pg_pieces.bigint(size)), size, _pieces_of(data))
+    elif size >= STREAM_THRESHOLD and _on_sqlite(session):
+        _stream_into_zeroblob(session, _INSERT_CONTENT_ZEROBLOB, {"sha256": sha256, "size": size},
+                              AttachmentContent, AttachmentContent.sha256 == sha256, _pieces_of(data))
+    else:
         with carrying(session, size):
             _INSERT_CONTENT.execute(session, {"sha256": sha256, "size": size, "data": data})
-        return
-    _stream_into_zeroblob(session, _INSERT_CONTENT_ZEROBLOB, {"sha256": sha256, "size": size},
-                          AttachmentContent, AttachmentContent.sha256 == sha256, pieces)
+
+
+def _pieces_of(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    return (view[start : start + STREAM_THRESHOLD] for start in range(0, len(data), STREAM_THRESHOLD))
+
+
+def _on_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
 
 
 _CONTENT_KNOWN = Direct(select(AttachmentContent.sha256).where(AttachmentContent.sha256 == bindparam("sha256")))
