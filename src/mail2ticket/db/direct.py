@@ -14,7 +14,7 @@ in its binary format: a bytea value as its bytes, not as hex text of twice the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +54,12 @@ class Direct:
         """The first row, its values converted as SQLAlchemy would; None if there is none."""
         compiled, cursor = self._run(session, params)
         row = cursor.fetchone()
-        if row is None:
-            return None
-        return tuple(value if process is None or value is None else process(value)
-                     for value, process in zip(row, compiled.results))
+        return None if row is None else _converted(row, compiled.results)
+
+    def all(self, session: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, its values converted as SQLAlchemy would."""
+        compiled, cursor = self._run(session, params)
+        return [_converted(row, compiled.results) for row in cursor.fetchall()]
 
     def scalar(self, session: Session, params: Mapping[str, Any]) -> Any:
         """The first column of the first row, or None."""
@@ -105,3 +107,8 @@ class Direct:
         result = _Compiled(compiled.string, bool(compiled.positional), tuple(binds), results)
         self._by_dialect[dialect.name] = result
         return result
+
+
+def _converted(row: Sequence[Any], processors: tuple[Callable[[Any], Any] | None, ...]) -> tuple[Any, ...]:
+    return tuple(value if process is None or value is None else process(value)
+                 for value, process in zip(row, processors))

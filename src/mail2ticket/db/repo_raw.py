@@ -99,17 +99,25 @@ def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tu
 
     For the parse-ahead reader: one read per batch instead of a snapshot and three statements per message.
     """
-    if not ids:
-        return {}
-    size = func.length(RawMessage.data)
-    rows = session.execute(
-        select(InboundMessage.id, InboundMessage.envelope_from, InboundMessage.envelope_to, size,
-               case((size < below, RawMessage.data)))
-        .outerjoin(RawMessage, RawMessage.inbound_id == InboundMessage.id)
-        .where(InboundMessage.id.in_(list(ids))))
-    return {row[0]: ((row[1], list(row[2] or ())), None if row[3] is None else int(row[3]),
-                     None if row[4] is None else bytes(row[4])) for row in rows}
+    found: dict[int, tuple[tuple[str | None, list[str]], int | None, bytes | None]] = {}
+    for start in range(0, len(ids), _READ_AHEAD_IDS):
+        chunk = list(ids[start:start + _READ_AHEAD_IDS])
+        # A shorter chunk repeats its last id: one compiled statement serves every call.
+        params: dict[str, Any] = {f"id{i}": chunk[min(i, len(chunk) - 1)] for i in range(_READ_AHEAD_IDS)}
+        params["below"] = below
+        for inbound_id, envelope_from, envelope_to, size, data in _READ_AHEAD.all(session, params):
+            found[inbound_id] = ((envelope_from, list(envelope_to or ())), None if size is None else int(size),
+                                 None if data is None else bytes(data))
+    return found
 
+
+_READ_AHEAD_IDS = 8
+_READ_AHEAD = Direct(
+    select(InboundMessage.id, InboundMessage.envelope_from, InboundMessage.envelope_to, func.length(RawMessage.data),
+           case((func.length(RawMessage.data) < bindparam("below", type_=Integer), RawMessage.data)))
+    .outerjoin(RawMessage, RawMessage.inbound_id == InboundMessage.id)
+    .where(InboundMessage.id.in_([bindparam(f"id{i}", type_=Integer) for i in range(_READ_AHEAD_IDS)])),
+    binary_results=True)
 
 _RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")),
                    binary_results=True)
