@@ -71,7 +71,7 @@ def read_raw(session: Session, inbound_id: int, piece: int = STREAM_THRESHOLD) -
         release_after(session, POSTGRES_KEEP_LIMIT)  # libpq keeps its receive buffer at the slice size
         return size, pg_pieces.read_slices(session, _RAW_SLICE, {"inbound_id": inbound_id}, size,
                                            POSTGRES_KEEP_LIMIT)
-    if session.get_bind().dialect.name != "sqlite":  # psycopg2: whole, in text format
+    if not _on_sqlite(session):  # psycopg2: whole, in text format
         data = _RAW_DATA.scalar(session, {"inbound_id": inbound_id})
         if data is None:
             raise LookupError(f"raw bytes of inbound message {inbound_id} are missing")
@@ -101,10 +101,10 @@ def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tu
     of a snapshot and three statements per message.
     """
     found: dict[int, tuple[tuple[str | None, list[str]], int | None, bytes | None]] = {}
-    for start in range(0, len(ids), _READ_AHEAD_IDS):
-        chunk = list(ids[start:start + _READ_AHEAD_IDS])
+    for start in range(0, len(ids), READ_AHEAD_IDS):
+        chunk = list(ids[start:start + READ_AHEAD_IDS])
         # A shorter chunk repeats its last id: one compiled statement serves every call.
-        params: dict[str, Any] = {f"id{i}": chunk[min(i, len(chunk) - 1)] for i in range(_READ_AHEAD_IDS)}
+        params: dict[str, Any] = {f"id{i}": chunk[min(i, len(chunk) - 1)] for i in range(READ_AHEAD_IDS)}
         params["below"] = below
         for inbound_id, envelope_from, envelope_to, size, data in _READ_AHEAD.all(session, params):
             found[inbound_id] = ((envelope_from, list(envelope_to or ())), None if size is None else int(size),
@@ -112,12 +112,12 @@ def read_ahead(session: Session, ids: Sequence[int], below: int) -> dict[int, tu
     return found
 
 
-_READ_AHEAD_IDS = 8
+READ_AHEAD_IDS = 8  # ids per query of read_ahead (the parse-ahead reader asks for this many at a time)
 _READ_AHEAD = Direct(
     select(InboundMessage.id, InboundMessage.envelope_from, InboundMessage.envelope_to, func.length(RawMessage.data),
            case((func.length(RawMessage.data) < bindparam("below", type_=Integer), RawMessage.data)))
     .outerjoin(RawMessage, RawMessage.inbound_id == InboundMessage.id)
-    .where(InboundMessage.id.in_([bindparam(f"id{i}", type_=Integer) for i in range(_READ_AHEAD_IDS)])),
+    .where(InboundMessage.id.in_([bindparam(f"id{i}", type_=Integer) for i in range(READ_AHEAD_IDS)])),
     binary_results=True)
 
 _RAW_DATA = Direct(select(RawMessage.data).where(RawMessage.inbound_id == bindparam("inbound_id")),

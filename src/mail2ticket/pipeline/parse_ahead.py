@@ -47,7 +47,7 @@ log = structlog.get_logger("mail2ticket.parse_ahead")
 
 PREFETCH_BYTES = 1 << 20
 PREFETCH_DEPTH = 4  # small messages read ahead per lane: at most 4 MiB each
-READ_CHUNK = 8  # messages read in one query (at most 8 MiB more held while they wait for a lane)
+READ_CHUNK = repo_raw.READ_AHEAD_IDS  # messages read in one query (at most 8 MiB more held while they wait)
 
 
 @dataclass(frozen=True, slots=True)
